@@ -1,0 +1,1 @@
+"""The contextual-bandit learner, the rollout buffer and the scheduler."""

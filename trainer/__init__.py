@@ -1,0 +1,1 @@
+"""The lean RLVR trainer: tasks, verifiers, policy, generation, losses, loop."""
