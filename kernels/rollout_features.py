@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -269,6 +270,9 @@ def rollout_features_reference(batch: RolloutBatch, config: FeatureConfig | None
     lengths = batch.lengths
     longest, max_len = _max_len(batch)
     mask = batch.mask_nonfinite
+    if (_CPU_FAST_PATH and dev.type == "cpu" and not mask and not torch.compiler.is_compiling()
+            and int(lengths.min()) >= 1):
+        return _rollout_features_cpu(batch, cfg, lengths, max_len)
 
     lp = batch.token_logprobs.float()
     valid = torch.isfinite(lp) if mask else None
@@ -355,6 +359,148 @@ def rollout_features_reference(batch: RolloutBatch, config: FeatureConfig | None
         dim=1,
     )
     return out
+
+
+# On CPU tensors the reference runs its per-rollout statistics through numpy (same values;
+# the torch formulation below stays the definition, the CUDA eager path and what
+# torch.compile traces). Tests flip this to compare the two.
+_CPU_FAST_PATH = True
+
+
+def _per_rollout_stats_cpu(batch: RolloutBatch, lengths: torch.Tensor, k: torch.Tensor):
+    """Single pass per stream with numpy's segmented reductions (C loops over the flat
+    streams, no row index, no padding) and the exact quantile by one introselect per row.
+
+    Same definitions as the torch formulation in rollout_features_reference; numpy is used on the CPU only because its
+    `reduceat` and `partition` are 3-10x faster there than `segment_reduce` and `topk`.
+    """
+    n = lengths.numel()
+    starts = batch.offsets[:-1].to(torch.int64).numpy()
+    lens_np = lengths.detach().numpy()
+    lp = batch.token_logprobs.detach().float().contiguous().numpy()
+    lp_sum = np.add.reduceat(lp, starts)
+    lp_min = np.minimum.reduceat(lp, starts)
+    ent_sum = (np.add.reduceat(batch.token_entropy.detach().float().contiguous().numpy(), starts)
+               if batch.token_entropy is not None else np.zeros(n, np.float32))
+    if batch.cur_logprobs is not None:
+        ratio = np.subtract(batch.cur_logprobs.detach().float().contiguous().numpy(), lp)
+        np.abs(ratio, out=ratio)
+        r_sum = np.add.reduceat(ratio, starts)
+        r_max = np.maximum.reduceat(ratio, starts)
+    else:
+        r_sum = r_max = np.zeros(n, np.float32)
+    lp_q = _kth_smallest_rows_cpu(lp, starts, lens_np, k.numpy())
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
+    return t(lp_sum), t(lp_min), t(lp_q), t(ent_sum), t(r_sum), t(r_max)
+
+
+def _kth_smallest_dense_cpu(stream: np.ndarray, starts: np.ndarray, lens: np.ndarray, k: np.ndarray,
+                            num_buckets: int = 4) -> np.ndarray:
+    """Exact k_i-th smallest (0-based) of the rows stream[starts_i : starts_i + lens_i].
+
+    One np.partition over dense [rows, W] blocks. Ragged rows are aligned so that every row's
+    k_i-th element lands in one column K: row i is read as the window
+    stream[start_i - (K - k_i) : ...] (a plain row copy, no per-token scatter) whose K - k_i
+    leading entries are set to -inf and whose entries past the row's end to +inf. Rows go in
+    `num_buckets` blocks of similar length so that the padding stays small.
+    """
+    n = lens.size
+    out = np.empty(n, dtype=np.float32)
+    if n == 0:
+        return out
+    if int(lens.min()) == int(lens.max()) and np.array_equal(starts, np.arange(n) * int(lens[0])) \
+            and stream.size == n * int(lens[0]):
+        kk = int(k[0])
+        return np.partition(stream.reshape(n, int(lens[0])), kk, axis=1)[:, kk]
+    order = np.argsort(lens, kind="stable")
+    # Pad the stream on both sides (once) so that every window is in bounds.
+    pad_lo, pad_hi = int(k.max()), int((lens + k.max() - k).max())
+    ext = np.concatenate([np.full(pad_lo, -np.inf, np.float32), stream, np.full(pad_hi, np.inf, np.float32)])
+    for rows in np.array_split(order, min(num_buckets, n)):
+        if rows.size == 0:
+            continue
+        kb, lb, sb = k[rows], lens[rows], starts[rows]
+        kmax = int(kb.max())
+        shift = kmax - kb
+        width = int((lb + shift).max())
+        win = np.lib.stride_tricks.sliding_window_view(ext, width)
+        mat = win[sb - shift + pad_lo]
+        cols = np.arange(width)
+        np.copyto(mat, np.float32(-np.inf), where=cols[None, :] < shift[:, None])
+        np.copyto(mat, np.float32(np.inf), where=cols[None, :] >= (shift + lb)[:, None])
+        mat.partition(kmax, axis=1)
+        out[rows] = mat[:, kmax]
+    return out
+
+
+def _kth_smallest_rows_cpu(lp: np.ndarray, starts: np.ndarray, lens: np.ndarray, k: np.ndarray
+                           ) -> np.ndarray:
+    """Exact k_i-th smallest (0-based) of every rollout's log-probs.
+
+    Candidate filter, then the dense selection on the candidates only: a per-row threshold
+    t_i is read off a strided sample of the whole stream at the fraction p_i that puts,
+    in expectation, k_i + 1 + 4 sqrt(k_i + 1) + 2 of the row's tokens at or below it. The
+    tokens <= t_i (about (q + a few sigma) of the stream) keep their row order; a row with at
+    least k_i + 1 candidates has its k_i-th smallest among them (exact); the other rows (rare
+    unless rows differ strongly from the batch) are done on their full token lists.
+    Measured on the 2-core dev box at 16,384 x 256 ragged: ~26 ms against ~35 ms for the dense
+    selection on all tokens; with equal lengths the dense one (~12 ms) is used.
+    """
+    n = lens.size
+    t = lp.size
+    if t < 64 * n or t < 65536 or int(lens.min()) == int(lens.max()):
+        # Short rows, small batches, or equal lengths (a reshape, no gather): dense is faster.
+        return _kth_smallest_dense_cpu(lp, starts, lens, k)
+    stride = max(1, t // 65536)
+    sample = np.sort(lp[::stride])
+    need = (k + 1).astype(np.float64)
+    frac = np.minimum(1.0, (need + 4.0 * np.sqrt(need) + 2.0) / lens)
+    pos = np.minimum(np.ceil(frac * sample.size).astype(np.int64), sample.size - 1)
+    thr = np.where(frac >= 1.0, np.float32(np.inf), sample[pos]).astype(np.float32)
+    cmask = lp <= np.repeat(thr, lens)
+    counts = np.add.reduceat(cmask, starts, dtype=np.int64)
+    ok = counts >= k + 1
+    cand = np.compress(cmask, lp)  # (much faster than lp[cmask] on a random mask)
+    cstarts = np.cumsum(counts) - counts
+    out = np.empty(n, dtype=np.float32)
+    out[ok] = _kth_smallest_dense_cpu(cand, cstarts[ok], counts[ok], k[ok])
+    if not ok.all():
+        bad = ~ok
+        out[bad] = _kth_smallest_dense_cpu(lp, starts[bad], lens[bad], k[bad])
+    return out
+
+
+def _rollout_features_cpu(batch: RolloutBatch, cfg: FeatureConfig, lengths: torch.Tensor,
+                          max_len: int) -> torch.Tensor:
+    lens_f = lengths.to(torch.float32)
+    k = torch.floor(cfg.low_quantile * (lens_f - 1.0).clamp_min(0.0)).to(torch.int64)
+    lp_sum, lp_min, lp_q, ent_sum, r_sum, r_max = _per_rollout_stats_cpu(batch, lengths, k)
+    reward = batch.reward.float()
+    gsizes = batch.group_sizes
+    g_mean_g = _segment_sum(reward, gsizes) / gsizes.float()
+    g_mean = torch.repeat_interleave(g_mean_g, gsizes, output_size=reward.numel())
+    g_var_g = _segment_sum((reward - g_mean) ** 2, gsizes) / gsizes.float()
+    g_std = torch.repeat_interleave(g_var_g.sqrt(), gsizes, output_size=reward.numel())
+    return torch.stack(
+        [
+            reward,
+            g_mean,
+            g_std,
+            (reward - g_mean) / (g_std + cfg.std_eps),
+            lp_sum / lens_f,
+            lp_min,
+            lp_q,
+            ent_sum / lens_f if batch.token_entropy is not None else ent_sum,
+            r_sum / lens_f if batch.cur_logprobs is not None else r_sum,
+            r_max,
+            lens_f / max_len,
+            batch.per_rollout("truncated"),
+            batch.per_rollout("age"),
+            batch.per_rollout("reuse_count"),
+            batch.per_rollout("clip_ratio"),
+        ],
+        dim=1,
+    )
 
 
 def rollout_features(batch: RolloutBatch, config: FeatureConfig | None = None, *,

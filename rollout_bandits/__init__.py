@@ -1,7 +1,19 @@
 """rollout-bandits: a contextual-bandit rollout scheduler core for RLVR."""
 
 from rollout_bandits.batch import RolloutBatch
+from rollout_bandits.kernels.schedule import Selection, schedule
+from rollout_bandits.kernels.ucb_score import ScorerWeights
 
 __version__ = "0.1.0"
 
-__all__ = ["RolloutBatch", "__version__"]
+__all__ = ["RolloutBatch", "ScorerWeights", "Selection", "__version__", "schedule"]
+
+from rollout_bandits.bandit import (  # noqa: E402
+    BufferConfig,
+    NeuralUCBConfig,
+    Scheduler,
+    SchedulerConfig,
+    ScheduleStep,
+)
+
+__all__ += ["BufferConfig", "NeuralUCBConfig", "ScheduleStep", "Scheduler", "SchedulerConfig"]

@@ -132,7 +132,7 @@ class VLLMGenerator:
     def generate(self, prompts: list[str], group_size: int) -> GeneratedRollouts:
         from vllm import SamplingParams
 
-        cfg, tok = self.config, self.tokenizer
+        cfg = self.config
         params = SamplingParams(n=group_size, temperature=cfg.temperature, top_k=-1, top_p=1.0,
                                 max_tokens=cfg.max_new_tokens, logprobs=cfg.vllm_logprobs)
         outputs = self.llm.generate(prompts, params, use_tqdm=False)

@@ -1,0 +1,73 @@
+"""Benchmark session plumbing: the copy-bandwidth fixture and the JSON writer (see _helpers.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import time
+
+import numpy as np
+import pytest
+import torch
+import triton
+from _helpers import META, RECORDS, RESULTS_DIR, device, device_name, time_fn
+
+
+@pytest.fixture(scope="session")
+def copy_bandwidth() -> dict:
+    """The device's copy bandwidth (read + write bytes per second of dst.copy_(src))."""
+    dev = device()
+    nbytes = (512 if dev.type == "cuda" else 128) * 2**20
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=dev).uniform_()
+    dst = torch.empty_like(src)
+    t = time_fn(lambda: dst.copy_(src), dev, rounds=20)
+    gbps = 2 * nbytes / (t["median_ms"] * 1e-3) / 1e9
+    META["copy_bandwidth_GBps"] = gbps
+    META["copy_bandwidth_bytes"] = nbytes
+    return {"GBps": gbps, **t}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not RECORDS:
+        return
+    dev = device()
+    by_shape: dict[tuple, dict] = {}
+    for r in RECORDS:
+        by_shape.setdefault((r["N"], r["mean_len"]), {})[r["impl"]] = r
+    for shape in by_shape.values():
+        eager = shape.get("eager")
+        comp = shape.get("compile")
+        for r in shape.values():
+            if eager:
+                r["speedup_vs_eager"] = eager["median_ms"] / r["median_ms"]
+            if comp:
+                r["speedup_vs_compile"] = comp["median_ms"] / r["median_ms"]
+    out = {
+        "device": device_name(dev),
+        "device_type": dev.type,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **META,
+        "results": RECORDS,
+    }
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", out["device"].split(" (")[0]).strip("-").lower()
+    path = RESULTS_DIR / f"pipeline_{dev.type}_{slug}_t{torch.get_num_threads()}.json"
+    path.write_text(json.dumps(out, indent=2))
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None:
+        tr.write_line(f"\nbenchmark results written to {path}")
+        for r in RECORDS:
+            tr.write_line(
+                f"  {r['impl']:8s} N={r['N']:>7d} L={r['mean_len']:>5d}  {r['median_ms']:9.2f} ms  "
+                f"{r['rollouts_per_s'] / 1e6:7.3f} M rollouts/s  {r['GBps']:7.2f} GB/s  "
+                f"x{r['floor_ratio']:.2f} of floor"
+                + (f"  speedup vs eager {r['speedup_vs_eager']:.2f}" if "speedup_vs_eager" in r else "")
+                + (f"  vs compile {r['speedup_vs_compile']:.2f}" if "speedup_vs_compile" in r else ""))

@@ -1,0 +1,321 @@
+"""ucb_score: fused neural-UCB scoring of N bandit contexts in one launch.
+
+score = f(x) + gamma * sqrt(phi(x)^T Zinv phi(x)), where f is a small MLP
+D -> H -> H -> 1 and phi the output of its last hidden layer (after the
+activation). The diagonal variant uses bonus = gamma * sqrt(sum_h phi_h^2 *
+zinv_diag_h) (a diagonal approximation of the inverse design matrix).
+NeuralUCB with last-layer features is this project's reconstruction [ours]
+(PAPER.md); feature standardization is folded into w1/b1 by the learner, so
+the kernel sees raw contexts.
+
+Layout as in kernels/rollout_features.py: `@triton.jit` kernel, launcher,
+vectorized PyTorch reference, dispatcher.
+
+Kernel: one program per tile of BLOCK_N rows; the weights are read in
+[BLOCK_H, BLOCK_K] column/row chunks (each chunk is at most 64 KiB in fp32, so
+H = 256 fits on-chip), and every matrix product is a `tl.dot` in IEEE fp32
+(`input_precision="ieee"`: parity with the reference, and the scorer's FLOPs
+are tiny next to the feature pass). D = 15 and H need not be powers of two:
+blocks are padded to powers of two >= 16 and every load is masked, with
+zeros in the padding (padding columns stay exactly 0 through both layers,
+since act(0) = 0 for ReLU and GELU).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+ACTIVATIONS = ("relu", "gelu")
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "[" + ", ".join(str(s) for s in t.shape) + "]"
+
+
+@dataclass
+class ScorerWeights:
+    """The scorer's parameters and exploration state, as the kernels consume them.
+
+    `w1` [D, H], `b1` [H], `w2` [H, H], `b2` [H], `w3` [H], `b3` 0-d: the MLP
+    (row-vector convention, h = act(x @ w1 + b1)). Exactly one of `zinv`
+    [H, H] (the inverse design matrix over phi, symmetric) and `zinv_diag` [H]
+    (the diagonal variant) is given. `gamma` >= 0 scales the bonus.
+    `activation`: "relu" or "gelu" (exact erf GELU, in kernel and reference).
+    """
+
+    w1: torch.Tensor
+    b1: torch.Tensor
+    w2: torch.Tensor
+    b2: torch.Tensor
+    w3: torch.Tensor
+    b3: torch.Tensor
+    zinv: torch.Tensor | None = None
+    zinv_diag: torch.Tensor | None = None
+    gamma: float = 1.0
+    activation: str = "relu"
+
+    @property
+    def num_features(self) -> int:
+        return int(self.w1.shape[0])
+
+    @property
+    def hidden(self) -> int:
+        return int(self.w1.shape[1])
+
+    @property
+    def diagonal(self) -> bool:
+        return self.zinv is None
+
+    @property
+    def device(self) -> torch.device:
+        return self.w1.device
+
+    def validate(self, num_features: int | None = None) -> ScorerWeights:
+        """Raise ValueError naming the field, what was found and what was expected."""
+
+        def fail(name: str, found: str, expected: str) -> None:
+            raise ValueError(f"ScorerWeights.{name}: found {found}, expected {expected}")
+
+        for name in ("w1", "b1", "w2", "b2", "w3", "b3"):
+            v = getattr(self, name)
+            if not isinstance(v, torch.Tensor):
+                fail(name, type(v).__name__, "a torch.Tensor")
+        for name in ("zinv", "zinv_diag"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, torch.Tensor):
+                fail(name, type(v).__name__, "a torch.Tensor or None")
+        if self.w1.dim() != 2 or self.w1.shape[0] < 1 or self.w1.shape[1] < 1:
+            fail("w1", f"shape {_shape(self.w1)}", "a 2-D tensor [D, H] with D, H >= 1")
+        d, h = self.w1.shape
+        if num_features is not None and d != num_features:
+            fail("w1", f"shape {_shape(self.w1)}", f"[{num_features}, H] (D = the context width {num_features})")
+        expected = {"b1": (h,), "w2": (h, h), "b2": (h,), "w3": (h,), "b3": ()}
+        for name, shp in expected.items():
+            v = getattr(self, name)
+            if tuple(v.shape) != shp:
+                want = "a 0-d tensor" if not shp else "[" + ", ".join(map(str, shp)) + "]"
+                fail(name, f"shape {_shape(v)}", f"{want} (H = {h} from w1)")
+        if (self.zinv is None) == (self.zinv_diag is None):
+            fail("zinv", "both zinv and zinv_diag" if self.zinv is not None else "neither zinv nor zinv_diag",
+                 "exactly one of them")
+        if self.zinv is not None:
+            z = self.zinv
+            if z.dim() != 2 or z.shape[0] != z.shape[1]:
+                fail("zinv", f"shape {_shape(z)}", f"a square matrix [{h}, {h}]")
+            if z.shape[0] != h:
+                fail("zinv", f"shape {_shape(z)}", f"[{h}, {h}] (H = {h} from w1)")
+        if self.zinv_diag is not None and tuple(self.zinv_diag.shape) != (h,):
+            fail("zinv_diag", f"shape {_shape(self.zinv_diag)}", f"[{h}] (H = {h} from w1)")
+        dev = self.w1.device
+        for name in ("w1", "b1", "w2", "b2", "w3", "b3", "zinv", "zinv_diag"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if not v.dtype.is_floating_point:
+                fail(name, f"dtype {v.dtype}", "a floating dtype")
+            if v.device != dev:
+                fail(name, f"device {v.device}", f"device {dev} (the device of w1)")
+        g = self.gamma
+        if isinstance(g, torch.Tensor):
+            g = float(g)
+        if not isinstance(g, (int, float)) or isinstance(g, bool) or not math.isfinite(g) or g < 0:
+            fail("gamma", repr(self.gamma), "a finite float >= 0")
+        if self.activation not in ACTIVATIONS:
+            fail("activation", repr(self.activation), "'relu' or 'gelu'")
+        return self
+
+    def to(self, device: torch.device | str) -> ScorerWeights:
+        kw = {}
+        for name in ("w1", "b1", "w2", "b2", "w3", "b3", "zinv", "zinv_diag"):
+            v = getattr(self, name)
+            kw[name] = None if v is None else v.to(device)
+        return ScorerWeights(**kw, gamma=self.gamma, activation=self.activation)
+
+    @classmethod
+    def random(cls, num_features: int, hidden: int, *, diagonal: bool = False, gamma: float = 1.0,
+               activation: str = "relu", seed: int = 0, device: str | torch.device = "cpu") -> ScorerWeights:
+        """Seeded random weights (He-scaled) and a random SPD Zinv, for tests and benchmarks."""
+        g = torch.Generator().manual_seed(seed)
+        d, h = num_features, hidden
+
+        def rn(*shape: int, scale: float = 1.0) -> torch.Tensor:
+            return torch.randn(*shape, generator=g) * scale
+
+        if diagonal:
+            zinv, zdiag = None, torch.rand(h, generator=g) + 0.05
+        else:
+            a = rn(h, h, scale=1.0 / math.sqrt(h))
+            zinv, zdiag = a @ a.T / h + 0.05 * torch.eye(h), None
+        w = cls(
+            w1=rn(d, h, scale=math.sqrt(2.0 / d)), b1=rn(h, scale=0.1),
+            w2=rn(h, h, scale=math.sqrt(2.0 / h)), b2=rn(h, scale=0.1),
+            w3=rn(h, scale=1.0 / math.sqrt(h)), b3=torch.randn((), generator=g) * 0.1,
+            zinv=zinv, zinv_diag=zdiag, gamma=gamma, activation=activation,
+        )
+        return w.to(device)
+
+
+# --------------------------------------------------------------------- kernel
+@triton.jit
+def _act(x, GELU: tl.constexpr):
+    if GELU:
+        return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+    else:
+        return tl.maximum(x, 0.0)
+
+
+@triton.jit
+def _ucb_score_kernel(
+    p_x, p_w1, p_b1, p_w2, p_b2, p_w3, p_b3, p_z,
+    p_score, p_mean, p_bonus,
+    N, D, H, stride_x, gamma,
+    GELU: tl.constexpr, DIAG: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    i_n = tl.program_id(0)
+    o_n = i_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_n = o_n < N
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < D
+    o_h = tl.arange(0, BLOCK_H)
+    m_h = o_h < H
+    o_k = tl.arange(0, BLOCK_K)
+
+    # [BLOCK_N, BLOCK_D]
+    b_x = tl.load(p_x + o_n[:, None] * stride_x + o_d[None, :], mask=m_n[:, None] & m_d[None, :],
+                  other=0.0).to(tl.float32)
+
+    # Layer 1 in column chunks, fed straight into layer 2 as its K-chunks:
+    # acc2 = sum_k act(x @ w1[:, k] + b1[k]) @ w2[k, :].
+    b_acc = tl.zeros([BLOCK_N, BLOCK_H], dtype=tl.float32)
+    for k0 in range(0, BLOCK_H, BLOCK_K):
+        o_c = k0 + o_k
+        m_c = o_c < H
+        # [BLOCK_D, BLOCK_K]
+        b_w1 = tl.load(p_w1 + o_d[:, None] * H + o_c[None, :], mask=m_d[:, None] & m_c[None, :],
+                       other=0.0).to(tl.float32)
+        # [BLOCK_K]
+        b_b1 = tl.load(p_b1 + o_c, mask=m_c, other=0.0).to(tl.float32)
+        b_h1 = _act(tl.dot(b_x, b_w1, input_precision="ieee") + b_b1[None, :], GELU)
+        # [BLOCK_K, BLOCK_H]
+        b_w2 = tl.load(p_w2 + o_c[:, None] * H + o_h[None, :], mask=m_c[:, None] & m_h[None, :],
+                       other=0.0).to(tl.float32)
+        b_acc += tl.dot(b_h1, b_w2, input_precision="ieee")
+    # [BLOCK_H]
+    b_b2 = tl.load(p_b2 + o_h, mask=m_h, other=0.0).to(tl.float32)
+    b_w3 = tl.load(p_w3 + o_h, mask=m_h, other=0.0).to(tl.float32)
+    # [BLOCK_N, BLOCK_H]
+    b_phi = _act(b_acc + b_b2[None, :], GELU)
+    b_mean = tl.sum(b_phi * b_w3[None, :], axis=1) + tl.load(p_b3).to(tl.float32)
+
+    if DIAG:
+        # [BLOCK_H]
+        b_zd = tl.load(p_z + o_h, mask=m_h, other=0.0).to(tl.float32)
+        b_quad = tl.sum(b_phi * b_phi * b_zd[None, :], axis=1)
+    else:
+        # quad = sum_c <(phi @ Z[:, c]), phi[:, c]>, c a column chunk; phi[:, c] is taken out of
+        # the register tile by a product with a 0/1 selection matrix (exact in IEEE fp32).
+        b_quad = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for c0 in range(0, BLOCK_H, BLOCK_K):
+            o_c = c0 + o_k
+            m_c = o_c < H
+            # [BLOCK_H, BLOCK_K]
+            b_z = tl.load(p_z + o_h[:, None] * H + o_c[None, :], mask=m_h[:, None] & m_c[None, :],
+                          other=0.0).to(tl.float32)
+            b_u = tl.dot(b_phi, b_z, input_precision="ieee")
+            b_sel = (o_h[:, None] == o_c[None, :]).to(tl.float32)
+            b_pc = tl.dot(b_phi, b_sel, input_precision="ieee")
+            b_quad += tl.sum(b_u * b_pc, axis=1)
+    b_bonus = gamma * tl.sqrt(tl.maximum(b_quad, 0.0))
+
+    tl.store(p_mean + o_n, b_mean, mask=m_n)
+    tl.store(p_bonus + o_n, b_bonus, mask=m_n)
+    tl.store(p_score + o_n, b_mean + b_bonus, mask=m_n)
+
+
+def _check_inputs(x: torch.Tensor, weights: ScorerWeights) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"ucb_score: x is a {type(x).__name__}, expected a torch.Tensor [N, D]")
+    if x.dim() != 2:
+        raise ValueError(f"ucb_score: x has shape {_shape(x)}, expected a 2-D tensor [N, D]")
+    if x.shape[0] == 0:
+        raise ValueError("ucb_score: x has 0 rows (an empty batch), expected at least one context")
+    if not x.dtype.is_floating_point:
+        raise ValueError(f"ucb_score: x has dtype {x.dtype}, expected a floating dtype")
+    weights.validate(num_features=int(x.shape[1]))
+    if x.device != weights.device:
+        raise ValueError(f"ucb_score: x is on {x.device} but the weights on {weights.device}")
+
+
+def ucb_score_triton(x: torch.Tensor, weights: ScorerWeights, *, validate: bool = True,
+                     block_n: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launcher: one program per BLOCK_N rows, weights chunk-loaded on chip, one launch."""
+    if validate:
+        _check_inputs(x, weights)
+    n, d = x.shape
+    h = weights.hidden
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    block_d = max(16, triton.next_power_of_2(d))
+    block_h = max(16, triton.next_power_of_2(h))
+    block_k = min(block_h, 64)
+    if block_n is None:
+        # Under the interpreter a program costs ~0.5 ms whatever its size: use big tiles.
+        block_n = 128 if x.device.type != "cuda" else (64 if block_h <= 64 else 32)
+    dev = x.device
+    score = torch.full((n,), float("nan"), dtype=torch.float32, device=dev)
+    mean = torch.full((n,), float("nan"), dtype=torch.float32, device=dev)
+    bonus = torch.full((n,), float("nan"), dtype=torch.float32, device=dev)
+    w = weights
+    z = w.zinv if w.zinv is not None else w.zinv_diag
+    cont = lambda t: t.contiguous()  # noqa: E731
+    _ucb_score_kernel[(triton.cdiv(n, block_n),)](
+        x, cont(w.w1), cont(w.b1), cont(w.w2), cont(w.b2), cont(w.w3), cont(w.b3), cont(z),
+        score, mean, bonus,
+        n, d, h, x.stride(0), float(w.gamma),
+        GELU=w.activation == "gelu", DIAG=w.zinv is None,
+        BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_H=block_h, BLOCK_K=block_k,
+        num_warps=4,
+    )
+    return score, mean, bonus
+
+
+# ------------------------------------------------------------------ reference
+def _act_ref(x: torch.Tensor, activation: str) -> torch.Tensor:
+    if activation == "gelu":
+        return torch.nn.functional.gelu(x)  # exact erf form, as in the kernel
+    return torch.relu(x)
+
+
+def ucb_score_reference(x: torch.Tensor, weights: ScorerWeights, *, validate: bool = True
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Vectorized PyTorch reference (fp32 matmuls); the CPU path."""
+    if validate:
+        _check_inputs(x, weights)
+    w = weights
+    xf = x.float()
+    h1 = _act_ref(torch.addmm(w.b1.float(), xf, w.w1.float()), w.activation)
+    phi = _act_ref(torch.addmm(w.b2.float(), h1, w.w2.float()), w.activation)
+    mean = phi @ w.w3.float() + w.b3.float()
+    if w.zinv is not None:
+        quad = ((phi @ w.zinv.float()) * phi).sum(dim=1)
+    else:
+        quad = (phi * phi) @ w.zinv_diag.float()
+    bonus = float(w.gamma) * quad.clamp_min(0.0).sqrt()
+    return mean + bonus, mean, bonus
+
+
+def ucb_score(x: torch.Tensor, weights: ScorerWeights, *, backend: str = "auto", validate: bool = True
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(score, mean, bonus), each [N] float32. backend: auto | triton | reference."""
+    if backend not in ("auto", "triton", "reference"):
+        raise ValueError(f"ucb_score: backend {backend!r}, expected auto, triton or reference")
+    use_triton = backend == "triton" or (backend == "auto" and isinstance(x, torch.Tensor)
+                                         and x.device.type == "cuda")
+    fn = ucb_score_triton if use_triton else ucb_score_reference
+    return fn(x, weights, validate=validate)

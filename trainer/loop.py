@@ -1,0 +1,430 @@
+"""The lean RLVR loop, top to bottom in one file.
+
+    generate -> verify -> features + score + select (scheduler or baseline)
+             -> policy update -> gain probe -> observe -> (eval, checkpoint)
+
+Every stage is timed; a step's time is the sum of its stages (evaluation and
+checkpointing are reported apart). Checkpoints are written atomically and
+hold the model, optimizer, scheduler (learner + buffer) and RNG state, so a
+resumed run makes the same decisions as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from rollout_bandits.bandit.gains import ProbeInputs
+from rollout_bandits.bandit.scheduler import Scheduler, SchedulerConfig
+from rollout_bandits.kernels.rollout_features import FEATURE_INDEX
+from rollout_bandits.trainer.generation import GenerationConfig, make_generator, sequence_logprobs
+from rollout_bandits.trainer.losses import LOSSES, LossConfig, policy_loss
+from rollout_bandits.trainer.policy import (
+    DEFAULT_WARMUP_STEPS,
+    PolicyConfig,
+    build_policy,
+    evaluate_pass_rate,
+    sft_warmup,
+)
+from rollout_bandits.trainer.tasks import FAMILIES, make_task
+
+STAGES = ("generate", "verify", "schedule", "update", "probe", "observe")
+SCHEDULING_STAGES = ("schedule", "observe")
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """The whole run. The embedded default is what `make run` trains (tiny model, CBS on)."""
+
+    steps: int = 30
+    prompts_per_step: int = 16
+    group_size: int = 8
+    lr: float = 5e-4
+    max_grad_norm: float = 1.0
+    tasks: tuple[str, ...] = ()  # empty: every family
+    difficulty: int = 1
+    verifier_noise: float = 0.0
+    warmup_steps: int = DEFAULT_WARMUP_STEPS
+    warmup_lr: float = 3e-3
+    eval_every: int = 10
+    eval_problems: int = 48  # per family, held-out split, greedy
+    checkpoint_every: int = 10
+    out_dir: str = "runs/default"
+    overwrite: bool = False
+    seed: int = 0
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "prompts_per_step", "group_size", "eval_every", "eval_problems", "checkpoint_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"TrainConfig.{name}: found {v!r}, expected a positive int")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"TrainConfig.warmup_steps: found {self.warmup_steps!r}, expected an int >= 0")
+        for name in ("lr", "warmup_lr"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not v > 0 or not math.isfinite(v):
+                raise ValueError(f"TrainConfig.{name}: found {v!r}, expected a positive number")
+        if isinstance(self.tasks, str):
+            self.tasks = tuple(t.strip() for t in self.tasks.split(",") if t.strip())
+        unknown = [t for t in self.tasks if t not in FAMILIES]
+        if unknown:
+            raise ValueError(f"TrainConfig.tasks: found unknown {unknown}, expected some of {sorted(FAMILIES)}")
+        if not 0.0 <= self.verifier_noise <= 0.5:
+            raise ValueError(f"TrainConfig.verifier_noise: found {self.verifier_noise}, expected in [0, 0.5]")
+        for name, cls in (("policy", PolicyConfig), ("generation", GenerationConfig), ("loss", LossConfig),
+                          ("scheduler", SchedulerConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise ValueError(f"TrainConfig.{name}: found {type(getattr(self, name)).__name__}, "
+                                 f"expected {cls.__name__}")
+
+    @property
+    def family_names(self) -> tuple[str, ...]:
+        return self.tasks or tuple(FAMILIES)
+
+
+# --------------------------------------------------------------- checkpoints
+def save_checkpoint(path: str, state: dict) -> None:
+    """Temp file + rename: a crash mid-write never leaves a torn checkpoint."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint: {path!r} does not exist (nothing to resume)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises many types on a torn or foreign file
+        raise ValueError(f"checkpoint: {path!r} is corrupt or not a rollout-bandits checkpoint "
+                         f"({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or state.get("format") != "rollout_bandits.train/v1":
+        raise ValueError(f"checkpoint: {path!r} is not a rollout-bandits checkpoint")
+    return state
+
+
+def config_from_dict(values: dict) -> TrainConfig:
+    from rollout_bandits.config import build_dataclass
+
+    return build_dataclass(TrainConfig, values)
+
+
+# --------------------------------------------------------------------- loop
+@dataclass
+class TrainResult:
+    out_dir: str
+    pass_rate_before: dict[str, float]
+    pass_rate_after: dict[str, float]
+    metrics: list[dict]
+    stage_seconds: dict[str, float]
+    interrupted: bool = False
+
+    @property
+    def scheduling_share(self) -> float:
+        total = sum(self.stage_seconds.values())
+        return sum(self.stage_seconds[s] for s in SCHEDULING_STAGES) / total if total else 0.0
+
+
+def _evaluate(model, tok, tasks, config: TrainConfig) -> dict[str, float]:
+    rates = {t.name: evaluate_pass_rate(model, tok, t, n=config.eval_problems, greedy=True, seed=config.seed)
+             for t in tasks}
+    rates["mean"] = sum(rates.values()) / len(tasks)
+    return rates
+
+
+def _sample_problems(tasks, config: TrainConfig, step: int):
+    """The step's prompts: a function of (seed, step) alone, so resume needs no sampler state."""
+    rng = random.Random(f"prompts:{config.seed}:{step}")
+    problems = []
+    for _ in range(config.prompts_per_step):
+        task = tasks[rng.randrange(len(tasks))]
+        problems.append((task, task.sample(1, split="train", seed=rng.getrandbits(48))[0]))
+    return problems
+
+
+class _StopFlag:
+    """First Ctrl-C asks the loop to stop at the next step boundary (checkpoint intact); a second one
+    interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+def _probe_set(tasks, config: TrainConfig, generator, tok):
+    """A fixed set of held-out prompts and their rollouts, for the `probe` gain signal."""
+    rng = random.Random(f"probe:{config.seed}")
+    problems = [(t, t.sample(1, split="eval", seed=rng.getrandbits(48))[0]) for t in tasks]
+    gen = generator.generate([p.prompt for _, p in problems], config.group_size)
+    reward = torch.tensor([problems[int(g)][0].is_correct(problems[int(g)][1], txt) * 1.0
+                           for g, txt in zip(gen.prompt_index, gen.texts)])
+    batch = gen.to_batch(reward)
+    prompt_ids = [tok.encode(problems[int(g)][1].prompt, add_bos=True) for g in gen.prompt_index]
+    return batch, prompt_ids
+
+
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
+          log: Callable[[str], None] = print, stop_after: int | None = None) -> TrainResult:
+    """Run (or resume) training. `stop_after` stops (with a checkpoint) after that many steps of
+    this call, as a Ctrl-C would."""
+    ckpt_path = os.path.join(config.out_dir, CHECKPOINT)
+    metrics_path = os.path.join(config.out_dir, METRICS)
+    state = None
+    if resume:
+        state = load_checkpoint(ckpt_path)
+        steps = config.steps
+        config = config_from_dict(state["config"])
+        config.steps = max(steps, config.steps)
+    elif os.path.exists(ckpt_path) and not config.overwrite:
+        raise ValueError(f"out_dir: {config.out_dir!r} already holds a checkpoint; pass --resume to continue "
+                         "it or --overwrite true to start over (the checkpoint is left untouched)")
+    os.makedirs(config.out_dir, exist_ok=True)
+
+    torch.manual_seed(config.seed)
+    tasks = [make_task(name, difficulty=config.difficulty, noise=config.verifier_noise, seed=config.seed)
+             for name in config.family_names]
+    model, tok = build_policy(config.policy)
+    generator = make_generator(config.generation, model, tok)
+    sched_cfg = dataclasses.replace(config.scheduler, seed=config.seed)
+    scheduler = Scheduler(sched_cfg)
+    recipe = LOSSES[config.loss.name]
+    temperature = config.generation.temperature
+    max_len = config.generation.max_new_tokens
+
+    if state is None:
+        if config.warmup_steps:
+            sft_warmup(model, tok, tasks, steps=config.warmup_steps, lr=config.warmup_lr, seed=config.seed)
+        before = _evaluate(model, tok, tasks, config)
+        metrics: list[dict] = []
+        start = 0
+        prompt_registry: dict[int, list[int]] = {}
+        next_prompt_uid = 0
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
+        probe_batch = probe_prompts = probe_logp = None
+        if sched_cfg.gain == "probe":
+            probe_batch, probe_prompts = _probe_set(tasks, config, generator, tok)
+    else:
+        model.load_state_dict(state["model"])
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        before, metrics, start = state["pass_rate_before"], state["metrics"], state["step"]
+        prompt_registry, next_prompt_uid = state["prompt_registry"], state["next_prompt_uid"]
+        probe_batch, probe_prompts = state["probe"] if state["probe"] is not None else (None, None)
+        probe_logp = state["probe_logp"]
+    # Rewrite the metrics file from what the checkpoint knows: steps after it are redone.
+    with open(metrics_path, "w") as f:
+        for m in [{"step": 0, "eval": before, "generated": 0}, *metrics]:
+            f.write(json.dumps(m) + "\n")
+    model.train()
+    stage_seconds = {s: sum(m["seconds"][s] for m in metrics) for s in STAGES}
+    generated = metrics[-1]["generated"] if metrics else 0
+    after = next((dict(m["eval"]) for m in reversed(metrics) if "eval" in m), dict(before))
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(ckpt_path, {
+            "format": "rollout_bandits.train/v1", "step": step, "config": dataclasses.asdict(config),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+            "pass_rate_before": before, "metrics": metrics, "prompt_registry": prompt_registry,
+            "next_prompt_uid": next_prompt_uid,
+            "probe": None if probe_batch is None else (probe_batch, probe_prompts), "probe_logp": probe_logp,
+        })
+
+    bar = _progress(progress, config.steps, start)
+    interrupted = False
+    with _StopFlag() as stop:
+        try:
+            for step in range(start + 1, config.steps + 1):
+                sec = dict.fromkeys(STAGES, 0.0)
+                clock = time.perf_counter
+
+                t0 = clock()
+                problems = _sample_problems(tasks, config, step)
+                gen = generator.generate([p.prompt for _, p in problems], config.group_size)
+                sec["generate"] = clock() - t0
+
+                t0 = clock()
+                noise_rng = random.Random(f"noise:{config.seed}:{step}")
+                owner = [problems[int(g)] for g in gen.prompt_index]
+                rewards = torch.tensor([t.verify(p, txt, rng=noise_rng) for (t, p), txt in zip(owner, gen.texts)])
+                correct = torch.tensor([float(t.is_correct(p, txt)) for (t, p), txt in zip(owner, gen.texts)])
+                batch = gen.to_batch(rewards)
+                uids = list(range(next_prompt_uid, next_prompt_uid + len(problems)))
+                next_prompt_uid += len(problems)
+                for uid, (_, p) in zip(uids, problems):
+                    prompt_registry[uid] = tok.encode(p.prompt, add_bos=True)
+                sec["verify"] = clock() - t0
+
+                t0 = clock()
+                plan = scheduler.select(batch, prompt_ids=torch.tensor(uids))
+                sec["schedule"] = clock() - t0
+
+                t0 = clock()
+                n_fresh, n_reused = plan.num_fresh_selected, plan.num_reused
+                loss_value, logp_train = 0.0, None
+                if n_fresh + n_reused > 0:
+                    train_set = plan.train_batch
+                    rows_ctx = plan.fresh.contexts.detach().cpu().float()[plan.fresh.indices.cpu()]
+                    if plan.reused is not None:
+                        rows_ctx = torch.cat([rows_ctx, plan.reused.contexts.float()])
+                    if recipe.normalize_std:
+                        adv = plan.train_advantage.float()
+                    else:  # Dr.GRPO: r - group mean, from the group statistics in the contexts
+                        adv = train_set.reward.cpu().float() - rows_ctx[:, FEATURE_INDEX["group_reward_mean"]]
+                    train_prompts = [prompt_registry[int(u)] for u in plan.train_prompt_ids]
+                    reused_mask = torch.arange(n_fresh + n_reused) >= n_fresh
+                    logp, _ = sequence_logprobs(model, train_prompts, train_set.token_ids, train_set.offsets,
+                                                tok.pad_id, temperature)
+                    out = policy_loss(config.loss, logp, train_set.token_logprobs.float(), adv,
+                                      train_set.offsets, reused=reused_mask, max_len=max_len)
+                    if bool(adv.abs().sum() > 0):
+                        optimizer.zero_grad(set_to_none=True)
+                        out.loss.backward()
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                        optimizer.step()
+                    loss_value, logp_train = float(out.loss.detach()), logp.detach()
+                    if scheduler.buffer is not None:
+                        scheduler.buffer.set_clip_ratio(plan.arm_ids, out.clip_ratio)
+                sec["update"] = clock() - t0
+
+                t0 = clock()
+                gain_kw = None
+                if sched_cfg.policy == "cbs" and sched_cfg.gain != "batch" and n_fresh + n_reused > 0:
+                    gb = plan.gain_batch
+                    gain_prompts = [prompt_registry[int(u)] for u in
+                                    torch.cat([plan.fresh_prompt_ids] + ([plan.reused.prompt_ids]
+                                                                         if plan.reused is not None else []))]
+                    with torch.no_grad():
+                        logp_after, _ = sequence_logprobs(model, gain_prompts, gb.token_ids, gb.offsets,
+                                                          tok.pad_id, temperature)
+                    # Before the step: fresh rollouts were sampled from it; reused ones were scored by
+                    # the training forward (after the fresh rows).
+                    before_lp = batch.token_logprobs.float()
+                    if n_reused:
+                        before_lp = torch.cat([before_lp, logp_train[int(train_set.offsets[n_fresh]):]])
+                    gain_kw = {"logp_after": logp_after, "logp_before": before_lp}
+                    if sched_cfg.gain == "probe":
+                        with torch.no_grad():
+                            p_after, _ = sequence_logprobs(model, probe_prompts, probe_batch.token_ids,
+                                                           probe_batch.offsets, tok.pad_id, temperature)
+                        p_before = probe_batch.token_logprobs if probe_logp is None else probe_logp
+                        gain_kw["probe"] = ProbeInputs(p_before.float(), p_after, probe_batch.offsets,
+                                                       probe_batch.reward, probe_batch.group_offsets)
+                        probe_logp = p_after
+                sec["probe"] = clock() - t0
+
+                t0 = clock()
+                if gain_kw is not None:
+                    scheduler.observe_step(plan, **gain_kw)
+                sec["observe"] = clock() - t0
+
+                # Forget prompts no stored rollout refers to any more.
+                live = (scheduler.buffer.slot["prompt_id"][scheduler.buffer.live_slots()]
+                        if scheduler.buffer is not None else torch.zeros(0, dtype=torch.int64))
+                oldest = int(live.min()) if live.numel() else next_prompt_uid
+                for uid in [u for u in prompt_registry if u < oldest]:
+                    del prompt_registry[uid]
+
+                generated += batch.num_rollouts
+                record = {
+                    "step": step, "generated": generated, "reward": float(rewards.mean()),
+                    "pass_rate": float(correct.mean()), "loss": loss_value,
+                    "trained_fresh": n_fresh, "trained_reused": n_reused,
+                    "seconds": sec, "step_seconds": sum(sec.values()),
+                    "entropy": float(batch.token_entropy.float().mean()),
+                    "response_len": float(batch.lengths.float().mean()),
+                }
+                for s in STAGES:
+                    stage_seconds[s] += sec[s]
+                if step % config.eval_every == 0 or step == config.steps:
+                    after = _evaluate(model, tok, tasks, config)
+                    record["eval"] = after
+                record["scheduler"] = _jsonable(scheduler.stats())
+                metrics.append(record)
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                last = step == config.steps
+                stopping = stop.requested or (stop_after is not None and step >= start + stop_after)
+                if step % config.checkpoint_every == 0 or last or stopping:
+                    checkpoint(step)
+                bar(step, record, after)
+                if stopping and not last:
+                    interrupted = True
+                    log(f"stopped after step {step}: checkpoint written to {ckpt_path} (--resume continues)")
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+            log(f"interrupted mid-step: the last checkpoint in {ckpt_path} is intact (--resume continues)")
+        finally:
+            bar(None, None, None)
+    return TrainResult(config.out_dir, before, after, metrics, stage_seconds, interrupted)
+
+
+def _jsonable(d):
+    if isinstance(d, dict):
+        return {k: _jsonable(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [_jsonable(v) for v in d]
+    if isinstance(d, torch.Tensor):
+        return d.tolist()
+    if isinstance(d, float) and not math.isfinite(d):
+        return None
+    return d
+
+
+def _progress(enabled: bool, total: int, start: int):
+    """A rich progress bar with step, reward, pass rate and step time (no-op when disabled)."""
+    if not enabled:
+        return lambda *a: None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    prog = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    TextColumn("{task.fields[info]}"))
+    task = prog.add_task("train", total=total, completed=start, info="")
+    prog.start()
+
+    def update(step, record, evals):
+        if step is None:
+            prog.stop()
+            return
+        info = (f"reward {record['reward']:.2f}  pass {record['pass_rate']:.2f}  "
+                f"held-out {evals['mean']:.2f}  {record['step_seconds']:.1f}s/step")
+        prog.update(task, completed=step, info=info)
+
+    return update
