@@ -74,6 +74,38 @@ def schedule_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def train_command(args: argparse.Namespace) -> int:
+    """`rollout-bandits train`: flags <-> TrainConfig, optional --config file, --resume."""
+    import dataclasses
+    import os
+
+    from rich.console import Console
+
+    from rollout_bandits.config import UNSET, config_from_args, load_config_file
+    from rollout_bandits.trainer.loop import TrainConfig, train
+    from rollout_bandits.trainer.plots import plot_run, print_summary
+
+    file_values = load_config_file(args.config) if args.config else None
+    if args.command == "run" and args.out_dir is UNSET and not (file_values or {}).get("out_dir"):
+        import time as _time
+
+        args.out_dir = os.path.join("runs", _time.strftime("run-%Y%m%d-%H%M%S"))
+    config = config_from_args(TrainConfig, args, file_values)
+    console = Console()
+    if args.print_config:
+        console.print_json(data=dataclasses.asdict(config))
+        return 0
+    result = train(config, resume=args.resume, progress=not args.no_progress, log=console.print)
+    png = plot_run([{"step": 0, "eval": result.pass_rate_before, "generated": 0}, *result.metrics],
+                   os.path.join(result.out_dir, "learning_curve.png"),
+                   title=f"{config.loss.name} + {config.scheduler.policy}")
+    print_summary(result, console)
+    b, a = result.pass_rate_before["mean"], result.pass_rate_after["mean"]
+    console.print(f"held-out pass rate: {b:.1%} -> {a:.1%}   metrics: {result.out_dir}/metrics.jsonl   "
+                  f"plot: {png}")
+    return 130 if result.interrupted else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rollout-bandits", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,8 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default=None)
     demo.set_defaults(func=schedule_demo)
 
-    run = sub.add_parser("run", help="the main job (`make run`)")
-    run.set_defaults(func=lambda a: schedule_demo(demo.parse_args([])))
+    from rollout_bandits.config import add_dataclass_flags
+    from rollout_bandits.trainer.loop import TrainConfig
+
+    for name, help_text in (("train", "train a policy with RLVR, the scheduler in the loop"),
+                            ("run", "the main job (`make run`): train with the embedded default")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", help="a JSON or TOML file of TrainConfig fields (flags override it)")
+        p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out_dir")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+        add_dataclass_flags(p, TrainConfig)
+        p.set_defaults(func=train_command)
     return parser
 
 

@@ -20,7 +20,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10: JSON config files only
     tomllib = None
 
-_MISSING = object()
+UNSET = object()
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -72,7 +72,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, prefix: str = "") 
             add_dataclass_flags(parser, tp, prefix=f"{name}.")
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
-        parser.add_argument(f"--{name}", dest=name, default=_MISSING, metavar=_scalar_type(tp)[0].__name__.upper()
+        parser.add_argument(f"--{name}", dest=name, default=UNSET, metavar=_scalar_type(tp)[0].__name__.upper()
                             if isinstance(_scalar_type(tp)[0], type) else "VALUE",
                             help=f"(default: {default})")
 
@@ -127,7 +127,7 @@ def config_from_args(cls, args: argparse.Namespace, file_values: dict | None = N
         return hints_cache.setdefault(cur, _field_types(cur))[dotted.split(".")[-1]]
 
     for key, value in vars(args).items():
-        if value is _MISSING or "." not in key and key not in {f.name for f in dataclasses.fields(cls)}:
+        if value is UNSET or "." not in key and key not in {f.name for f in dataclasses.fields(cls)}:
             continue
         node = tree
         parts = key.split(".")

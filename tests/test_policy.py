@@ -17,6 +17,7 @@ from rollout_bandits.trainer.policy import (
     num_params,
     save_policy,
     sft_warmup,
+    torch_threads,
 )
 from rollout_bandits.trainer.tasks import FAMILIES, make_task
 from rollout_bandits.trainer.tokenizer import DEFAULT_CHARS, CharTokenizer
@@ -161,3 +162,13 @@ def test_short_warmup_raises_pass_rate():
         sft_warmup(model, tok, [task], steps=1, weights=[0.0])
     with pytest.raises(ValueError, match="tasks"):
         sft_warmup(model, tok, [], steps=1)
+
+
+def test_torch_threads_restores():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError):
+        with torch_threads(0):
+            pass

@@ -60,6 +60,7 @@ class TrainConfig:
     eval_problems: int = 48  # per family, held-out split, greedy
     checkpoint_every: int = 10
     out_dir: str = "runs/default"
+    num_threads: int = 1  # the tiny policy's ops are too small to gain from more; 0 keeps torch's choice
     overwrite: bool = False
     seed: int = 0
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -214,6 +215,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
                          "it or --overwrite true to start over (the checkpoint is left untouched)")
     os.makedirs(config.out_dir, exist_ok=True)
 
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
     tasks = [make_task(name, difficulty=config.difficulty, noise=config.verifier_noise, seed=config.seed)
              for name in config.family_names]
@@ -369,6 +372,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
                     "seconds": sec, "step_seconds": sum(sec.values()),
                     "entropy": float(batch.token_entropy.float().mean()),
                     "response_len": float(batch.lengths.float().mean()),
+                    "selected_arms": plan.arm_ids.tolist(),
                 }
                 for s in STAGES:
                     stage_seconds[s] += sec[s]
