@@ -46,20 +46,21 @@ METRICS = "metrics.jsonl"
 class TrainConfig:
     """The whole run. The embedded default is what `make run` trains (tiny model, CBS on)."""
 
-    steps: int = 30
-    prompts_per_step: int = 16
+    steps: int = 200
+    prompts_per_step: int = 64
     group_size: int = 8
-    lr: float = 5e-4
+    lr: float = 5e-5
     max_grad_norm: float = 1.0
     tasks: tuple[str, ...] = ()  # empty: every family
     difficulty: int = 1
     verifier_noise: float = 0.0
     warmup_steps: int = DEFAULT_WARMUP_STEPS
     warmup_lr: float = 3e-3
-    eval_every: int = 10
-    eval_problems: int = 48  # per family, held-out split, greedy
-    checkpoint_every: int = 10
+    eval_every: int = 25
+    eval_problems: int = 64  # per family, held-out split, greedy
+    checkpoint_every: int = 25
     out_dir: str = "runs/default"
+    probe_fraction: float = 0.5  # share of the fresh groups the gain probe re-scores after the update
     num_threads: int = 1  # the tiny policy's ops are too small to gain from more; 0 keeps torch's choice
     overwrite: bool = False
     seed: int = 0
@@ -84,6 +85,8 @@ class TrainConfig:
         unknown = [t for t in self.tasks if t not in FAMILIES]
         if unknown:
             raise ValueError(f"TrainConfig.tasks: found unknown {unknown}, expected some of {sorted(FAMILIES)}")
+        if not 0.0 < self.probe_fraction <= 1.0:
+            raise ValueError(f"TrainConfig.probe_fraction: found {self.probe_fraction}, expected in (0, 1]")
         if not 0.0 <= self.verifier_noise <= 0.5:
             raise ValueError(f"TrainConfig.verifier_noise: found {self.verifier_noise}, expected in [0, 0.5]")
         for name, cls in (("policy", PolicyConfig), ("generation", GenerationConfig), ("loss", LossConfig),
@@ -196,6 +199,47 @@ def _probe_set(tasks, config: TrainConfig, generator, tok):
     batch = gen.to_batch(reward)
     prompt_ids = [tok.encode(problems[int(g)][1].prompt, add_bos=True) for g in gen.prompt_index]
     return batch, prompt_ids
+
+
+def _gain_probe(model, tok, config, plan, batch, logp_train, train_set, prompt_registry, step,
+                probe_batch, probe_prompts, probe_logp):
+    """Log-probs after the update on a `probe_fraction` of the fresh groups (and every reused
+    rollout), for the per-arm gain signals. Rows left out keep their before-update log-probs and
+    their arms are not observed this round."""
+    temperature = config.generation.temperature
+    n_fresh, n_reused = plan.num_fresh_selected, plan.num_reused
+    gb = plan.gain_batch
+    n = batch.num_rollouts
+    # Before the step: fresh rollouts were sampled from it; reused ones were scored by the training
+    # forward (after the fresh rows).
+    before_lp = batch.token_logprobs.float()
+    if n_reused:
+        before_lp = torch.cat([before_lp, logp_train[int(train_set.offsets[n_fresh]):]])
+    g = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+    n_groups = batch.num_groups
+    n_probe = max(1, math.ceil(config.probe_fraction * n_groups - 1e-9))
+    probed_groups = torch.randperm(n_groups, generator=g)[:n_probe]
+    rows = torch.isin(batch.group_index().cpu(), probed_groups)
+    rows = torch.cat([rows, torch.ones(gb.num_rollouts - n, dtype=torch.bool)])
+    idx = torch.nonzero(rows).flatten()
+    sub = gb.take(idx)
+    prompt_uids = torch.cat([plan.fresh_prompt_ids] + ([plan.reused.prompt_ids] if n_reused else []))
+    with torch.no_grad():
+        sub_after, _ = sequence_logprobs(model, [prompt_registry[int(prompt_uids[i])] for i in idx],
+                                         sub.token_ids, sub.offsets, tok.pad_id, temperature)
+    token_rows = gb.rollout_index().cpu()
+    logp_after = before_lp.clone()
+    logp_after[rows[token_rows]] = sub_after
+    gain_kw = {"logp_after": logp_after, "logp_before": before_lp}
+    if config.scheduler.gain == "probe":
+        with torch.no_grad():
+            p_after, _ = sequence_logprobs(model, probe_prompts, probe_batch.token_ids, probe_batch.offsets,
+                                           tok.pad_id, temperature)
+        p_before = probe_batch.token_logprobs if probe_logp is None else probe_logp
+        gain_kw["probe"] = ProbeInputs(p_before.float(), p_after, probe_batch.offsets, probe_batch.reward,
+                                       probe_batch.group_offsets)
+        probe_logp = p_after
+    return gain_kw, plan.gain_arm_ids[idx], probe_logp
 
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
@@ -327,34 +371,18 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
                 sec["update"] = clock() - t0
 
                 t0 = clock()
-                gain_kw = None
+                gain_kw = probed_arms = None
                 if sched_cfg.policy == "cbs" and sched_cfg.gain != "batch" and n_fresh + n_reused > 0:
-                    gb = plan.gain_batch
-                    gain_prompts = [prompt_registry[int(u)] for u in
-                                    torch.cat([plan.fresh_prompt_ids] + ([plan.reused.prompt_ids]
-                                                                         if plan.reused is not None else []))]
-                    with torch.no_grad():
-                        logp_after, _ = sequence_logprobs(model, gain_prompts, gb.token_ids, gb.offsets,
-                                                          tok.pad_id, temperature)
-                    # Before the step: fresh rollouts were sampled from it; reused ones were scored by
-                    # the training forward (after the fresh rows).
-                    before_lp = batch.token_logprobs.float()
-                    if n_reused:
-                        before_lp = torch.cat([before_lp, logp_train[int(train_set.offsets[n_fresh]):]])
-                    gain_kw = {"logp_after": logp_after, "logp_before": before_lp}
-                    if sched_cfg.gain == "probe":
-                        with torch.no_grad():
-                            p_after, _ = sequence_logprobs(model, probe_prompts, probe_batch.token_ids,
-                                                           probe_batch.offsets, tok.pad_id, temperature)
-                        p_before = probe_batch.token_logprobs if probe_logp is None else probe_logp
-                        gain_kw["probe"] = ProbeInputs(p_before.float(), p_after, probe_batch.offsets,
-                                                       probe_batch.reward, probe_batch.group_offsets)
-                        probe_logp = p_after
+                    gain_kw, probed_arms, probe_logp = _gain_probe(
+                        model, tok, config, plan, batch, logp_train, train_set, prompt_registry, step,
+                        probe_batch, probe_prompts, probe_logp)
                 sec["probe"] = clock() - t0
 
                 t0 = clock()
                 if gain_kw is not None:
-                    scheduler.observe_step(plan, **gain_kw)
+                    arms = scheduler.gains(plan, **gain_kw)
+                    keep = torch.isin(arms.arm_ids, probed_arms)
+                    scheduler.observe(arms.arm_ids[keep], arms.gains[keep])
                 sec["observe"] = clock() - t0
 
                 # Forget prompts no stored rollout refers to any more.

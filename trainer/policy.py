@@ -1,6 +1,6 @@
 """The policy: a tiny causal LM built from a transformers config, or any local checkpoint.
 
-The embedded default (a 2-layer Llama over the char tokenizer, ~0.2M
+The embedded default (a 2-layer Llama over the char tokenizer, ~0.14M
 parameters) exists so the whole RLVR loop runs offline on 2 CPU cores in
 minutes. A supervised warm-up on the task generators lifts it from chance to
 a non-zero but clearly imperfect pass rate, which is where RL has signal to
@@ -30,9 +30,11 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 # Measured on 2 shared CPU cores, default PolicyConfig (137,728 params), batch 64, difficulty 1,
 # greedy pass rate on 200 held-out problems per family
-# (`python -m rollout_bandits.trainer.policy --steps 1000 --seed S`), ~19 s of training unloaded:
+# (`python -m rollout_bandits.trainer.policy --steps 1000 --seed S`), ~20 s of training on 1 thread
+# (2 threads: 19-166 s depending on other load), evaluation 0.2 s for all seven families:
 #   seed 0: add .20 mul .20 mod .38 countdown .34 sort .43 parity .32 count .27
 #   seed 1: add .68 mul .24 mod .25 countdown .60 sort .28 parity .29 count .39
+#   seed 2: add .12 mul .23 mod .40 countdown .61 sort .47 parity .36 count .41
 # Families learn at very different speeds alone (sort: .11 at 50 steps, 1.0 at 200; add: .09 at
 # 400, .41 at 800), hence the weights: a uniform mix leaves add near 0 while count is solved.
 # Parity at chance is ~.5 whatever the model knows: a weak RL signal by design.
@@ -377,16 +379,18 @@ def _main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--uniform", action="store_true", help="uniform task mixture instead of the default weights")
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     tasks = make_tasks(args.families, difficulty=args.difficulty)
     for steps in args.steps:
         model, tok = build_policy(PolicyConfig(seed=args.seed))
         stats = sft_warmup(model, tok, tasks, steps=steps, batch_size=args.batch_size, lr=args.lr,
-                           seed=args.seed, weights=[1.0] * len(tasks) if args.uniform else None)
+                           seed=args.seed, weights=[1.0] * len(tasks) if args.uniform else None,
+                           threads=args.threads)
         t0 = time.perf_counter()
-        rates = {t.name: evaluate_pass_rate(model, tok, t, n=args.n) for t in tasks}
+        rates = {t.name: evaluate_pass_rate(model, tok, t, n=args.n, threads=args.threads) for t in tasks}
         print(f"steps={steps} params={num_params(model)} train={stats['seconds']:.1f}s "
-              f"eval={time.perf_counter() - t0:.1f}s threads={torch.get_num_threads()} "
+              f"eval={time.perf_counter() - t0:.1f}s threads={args.threads} "
               + " ".join(f"{k}={v:.2f}" for k, v in rates.items()), flush=True)
 
 
