@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from rollout_bandits.bandit._kernels import ScorerWeights, ucb_score
 from rollout_bandits.bandit._online import (
     Replay,
     RunningMoments,
@@ -39,6 +38,7 @@ from rollout_bandits.bandit._online import (
     fail,
 )
 from rollout_bandits.kernels.rollout_features import NUM_FEATURES
+from rollout_bandits.kernels.ucb_score import ScorerWeights, ucb_score
 
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from rollout_bandits.bandit._kernels import group_topk
 from rollout_bandits.bandit.baselines import random_k
 from rollout_bandits.bandit.ee_net import EENet, EENetConfig
 from rollout_bandits.bandit.neural_ucb import NeuralUCB, NeuralUCBConfig
+from rollout_bandits.kernels.group_topk import group_topk
 from rollout_bandits.kernels.rollout_features import NUM_FEATURES, rollout_features_reference
 from rollout_bandits.synthetic import synthetic_batch
 

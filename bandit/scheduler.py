@@ -23,14 +23,6 @@ from functools import cached_property
 import torch
 
 from rollout_bandits.bandit import baselines
-from rollout_bandits.bandit._kernels import (
-    FeatureConfig,
-    Selection,
-    global_topm,
-    group_topk,
-    rollout_features,
-    schedule,
-)
 from rollout_bandits.bandit._online import (
     check_choice,
     check_contexts,
@@ -54,7 +46,9 @@ from rollout_bandits.bandit.gains import (
 )
 from rollout_bandits.bandit.neural_ucb import NeuralUCB, NeuralUCBConfig
 from rollout_bandits.batch import RolloutBatch
-from rollout_bandits.kernels.rollout_features import NUM_FEATURES
+from rollout_bandits.kernels.group_topk import global_topm, group_topk
+from rollout_bandits.kernels.rollout_features import NUM_FEATURES, FeatureConfig, rollout_features
+from rollout_bandits.kernels.schedule import Selection, schedule
 
 POLICIES = ("cbs", "keep_all", "random_k", "pods", "dapo_filter", "reuse_fifo")
 EXPLORERS = ("neural_ucb", "ee_net")

@@ -274,8 +274,13 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
 
     if state is None:
         if config.warmup_steps:
-            sft_warmup(model, tok, tasks, steps=config.warmup_steps, lr=config.warmup_lr, seed=config.seed)
+            log(f"supervised warm-up: {config.warmup_steps} steps on {len(tasks)} task families ...")
+            warm = sft_warmup(model, tok, tasks, steps=config.warmup_steps, lr=config.warmup_lr, seed=config.seed)
+            log(f"warm-up done in {warm['seconds']:.0f} s (final loss {warm['losses'][-1]:.3f})")
         before = _evaluate(model, tok, tasks, config)
+        log(f"held-out pass rate before RL: {before['mean']:.1%}; RL: {config.steps} steps of "
+            f"{config.prompts_per_step} prompts x {config.group_size} rollouts, {config.loss.name} + "
+            f"{sched_cfg.policy}")
         metrics: list[dict] = []
         start = 0
         prompt_registry: dict[int, list[int]] = {}
