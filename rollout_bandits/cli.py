@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
         add_dataclass_flags(p, TrainConfig)
         p.set_defaults(func=train_command)
+
+    from rollout_bandits.experiments import add_parsers
+
+    add_parsers(sub)  # sweep, report
     return parser
 
 

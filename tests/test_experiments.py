@@ -1,0 +1,90 @@
+"""The sweep runner and the report: a 2-run micro-grid end to end, and the report from fake results."""
+
+import copy
+import json
+import os
+
+from rollout_bandits import experiments as ex
+from rollout_bandits.cli import build_parser
+
+TINY = {"steps": 2, "prompts_per_step": 3, "group_size": 4, "eval_every": 1, "eval_problems": 2,
+        "warmup_steps": 3, "tasks": ["add", "parity"],
+        "policy": {"hidden": 16, "n_layers": 1, "n_heads": 2}}
+
+
+def test_micro_grid_runs_shares_the_warmup_and_records_a_failure(tmp_path):
+    specs = [ex._spec("main", "grpo", "keep_all", 0), ex._spec("main", "grpo", "cbs", 0, scheduler={"window_rounds": 2}),
+             ex._spec("main", "grpo", "cbs", 0, extra_labels={"bad": "1"}, scheduler={"intra_ratio": 7.0})]
+    kw = dict(results_dir=str(tmp_path / "res"), cache_dir=str(tmp_path / "cache"), runs_dir=str(tmp_path / "runs"),
+              jobs=1, progress=False, log=lambda *_: None)
+    lines = ex.sweep("micro", specs=specs, base=TINY, **kw)
+    assert sorted(ln["status"] for ln in lines) == ["error", "ok", "ok"]  # the bad run did not stop the sweep
+    assert len(os.listdir(tmp_path / "cache")) == 1  # one warm-up for the seed
+    recs = {r["name"]: r for r in ex.load_results(str(tmp_path / "res"))}
+    ok = [r for r in recs.values() if r["status"] == "ok"]
+    assert ok[0]["before"] == ok[1]["before"]  # identical warmed start
+    for r in ok:
+        assert [c["step"] for c in r["curve"]] == [0, 1, 2]
+        assert r["config"]["warmup_steps"] == 0 and r["config"]["policy"]["model_path"]
+        assert "selected_arms" not in json.dumps(r)
+        assert r["timings"]["train_seconds"] > 0 and 0 <= r["timings"]["scheduling_share"] < 1
+    bad = next(r for r in recs.values() if r["status"] == "error")
+    assert "intra_ratio" in bad["error"]
+    # Existing results are skipped.
+    assert ex.sweep("micro", specs=specs[:2], base=TINY, **kw) == []
+
+
+def _fake(name, group, opt, policy, seed, finals, labels=None):
+    curve = [{"step": 10 * i, "generated": 640 * i, "wall": 3.0 * i,
+              "eval": {"add": f, "parity": f, "mean": f}} for i, f in enumerate(finals)]
+    return {"format": ex.FORMAT, "name": name, "group": group, "seed": seed, "status": "ok",
+            "labels": {"optimizer": opt, "policy": policy, **(labels or {})},
+            "config": {"policy": {"arch": "llama", "n_layers": 2, "hidden": 64}, "difficulty": 1, "steps": 30,
+                       "prompts_per_step": 8, "group_size": 8, "lr": 5e-5, "eval_every": 10, "eval_problems": 9,
+                       "scheduler": {"gain": "auto", "window_rounds": 4, "intra_ratio": 0.5, "reuse_ratio": 0.5,
+                                     "learner": {"gamma": 0.5}, "explorer": "neural_ucb", "candidates": "window"},
+                       "loss": {"reuse_weighting": "none"}},
+            "curve": curve, "final": curve[-1]["eval"], "before": curve[0]["eval"],
+            "series": {"reward": [0.1] * 30, "trained_fresh": [10] * 30, "trained_reused": [0] * 30},
+            "timings": {"train_seconds": 9.0, "scheduling_share": 0.02, "probe_share": 0.1,
+                        "shared_warmup_seconds": 20.0},
+            "device": {"device": "cpu: test"}, "versions": {"torch": "x", "transformers": "y", "python": "z"}}
+
+
+def test_report_from_fake_results(tmp_path):
+    res = tmp_path / "res"
+    res.mkdir()
+    recs = []
+    for s in (0, 1):
+        recs.append(_fake(f"k{s}", "main", "grpo", "keep_all", s, [0.3, 0.32, 0.34, 0.40]))
+        recs.append(_fake(f"c{s}", "main", "grpo", "cbs", s, [0.3, 0.38, 0.41, 0.42]))
+        recs.append(_fake(f"a{s}", "ablation", "grpo", "cbs", s, [0.3, 0.3, 0.31, 0.33],
+                          {"axis": "gain", "value": "batch"}))
+    for r in recs:
+        (res / f"{r['name']}.json").write_text(json.dumps(r))
+    bad = copy.deepcopy(recs[0])
+    bad.update(name="broken", status="error", error="ValueError: boom")
+    (res / "broken.json").write_text(json.dumps(bad))
+    out = ex.report(str(res), str(tmp_path / "docs" / "RESULTS.md"), str(tmp_path / "docs"))
+    text = open(out).read()
+    assert "| CBS | 41.0 ± 1.4" not in text  # finals are 0.42 for both seeds
+    assert "| CBS | 42.0 ± 0.0" in text
+    # CBS reaches 0.40 between step 10 (0.38) and 20 (0.41): 640 * (1 + 2/3) / 1920 = 0.56
+    assert "| grpo | 0.56 | yes |" in text
+    assert "ValueError: boom" in text and "### gain" in text
+    assert (tmp_path / "docs" / "results_main.png").is_file()
+    assert (tmp_path / "docs" / "results_ablation_gain.png").is_file()
+
+
+def test_metrics():
+    assert abs(ex.first_reach([0, 10, 20], [0.1, 0.2, 0.4], 0.3) - 15) < 1e-9
+    assert ex.first_reach([0, 10], [0.1, 0.2], 0.3) is None
+    assert abs(ex.auc([{"step": 0, "eval": {"mean": 0.0}}, {"step": 10, "eval": {"mean": 1.0}}]) - 0.5) < 1e-12
+
+
+def test_cli_has_sweep_and_report():
+    p = build_parser()
+    a = p.parse_args(["sweep", "--grid", "ablations", "--dry-run"])
+    assert a.grid == "ablations" and a.dry_run
+    assert p.parse_args(["report"]).command == "report"
+    assert p.parse_args(["demo"]).command == "demo"
