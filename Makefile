@@ -17,13 +17,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(VENV)/bin/pytest -q
 
 run: $(STAMP)
 	$(VENV)/bin/rollout-bandits run
 
 bench: $(STAMP)
-	$(PY) -m pytest benchmarks/ --benchmark-enable -q
+	$(VENV)/bin/pytest benchmarks/ -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

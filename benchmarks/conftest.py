@@ -29,44 +29,55 @@ def copy_bandwidth() -> dict:
     return {"GBps": gbps, **t}
 
 
-def pytest_sessionfinish(session, exitstatus):
-    if not RECORDS:
-        return
-    dev = device()
+def _speedups(records: list[dict]) -> None:
     by_shape: dict[tuple, dict] = {}
-    for r in RECORDS:
+    for r in records:
         by_shape.setdefault((r["N"], r["mean_len"]), {})[r["impl"]] = r
     for shape in by_shape.values():
-        eager = shape.get("eager")
+        eager = shape.get("eager") or shape.get("reference")
         comp = shape.get("compile")
         for r in shape.values():
             if eager:
                 r["speedup_vs_eager"] = eager["median_ms"] / r["median_ms"]
             if comp:
                 r["speedup_vs_compile"] = comp["median_ms"] / r["median_ms"]
-    out = {
-        "device": device_name(dev),
-        "device_type": dev.type,
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        **META,
-        "results": RECORDS,
-    }
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", out["device"].split(" (")[0]).strip("-").lower()
-    path = RESULTS_DIR / f"pipeline_{dev.type}_{slug}_t{torch.get_num_threads()}.json"
-    path.write_text(json.dumps(out, indent=2))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """One JSON per suite (pipeline, features) and device under benchmarks/results/."""
+    if not RECORDS:
+        return
+    dev = device()
+    suites: dict[str, list[dict]] = {}
+    for r in RECORDS:
+        suites.setdefault(r.get("suite", "pipeline"), []).append(r)
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
-    if tr is not None:
+    for suite, records in suites.items():
+        _speedups(records)
+        out = {
+            "suite": suite,
+            "device": device_name(dev),
+            "device_type": dev.type,
+            "torch": torch.__version__,
+            "triton": triton.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+            "torch_threads": torch.get_num_threads(),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **META,
+            "results": records,
+        }
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", out["device"].split(" (")[0]).strip("-").lower()
+        path = RESULTS_DIR / f"{suite}_{dev.type}_{slug}_t{torch.get_num_threads()}.json"
+        path.write_text(json.dumps(out, indent=2))
+        if tr is None:
+            continue
         tr.write_line(f"\nbenchmark results written to {path}")
-        for r in RECORDS:
+        for r in records:
             tr.write_line(
-                f"  {r['impl']:8s} N={r['N']:>7d} L={r['mean_len']:>5d}  {r['median_ms']:9.2f} ms  "
+                f"  {r['impl']:9s} N={r['N']:>7d} L={r['mean_len']:>5d}  {r['median_ms']:9.2f} ms  "
                 f"{r['rollouts_per_s'] / 1e6:7.3f} M rollouts/s  {r['GBps']:7.2f} GB/s  "
                 f"x{r['floor_ratio']:.2f} of floor"
                 + (f"  speedup vs eager {r['speedup_vs_eager']:.2f}" if "speedup_vs_eager" in r else "")
