@@ -331,14 +331,19 @@ def rollout_features_reference(batch: RolloutBatch, config: FeatureConfig | None
     lp_min = torch.where(has, lp_min, 0.0)
     lp_q = torch.where(has, lp_q, 0.0)
 
+    return _assemble(batch, cfg, lp_mean, lp_min, lp_q, ent_mean, r_mean, r_max, lens_f / max_len)
+
+
+def _assemble(batch: RolloutBatch, cfg: FeatureConfig, lp_mean, lp_min, lp_q, ent_mean, r_mean, r_max,
+              length_frac) -> torch.Tensor:
+    """Group statistics of the reward, then every column in FEATURE_NAMES order."""
     reward = batch.reward.float()
     gsizes = batch.group_sizes
-    g_mean_g = _segment_sum(reward, gsizes) / gsizes.float()
-    g_mean = torch.repeat_interleave(g_mean_g, gsizes)
-    g_var_g = _segment_sum((reward - g_mean) ** 2, gsizes) / gsizes.float()
-    g_std = torch.repeat_interleave(g_var_g.sqrt(), gsizes)
-
-    out = torch.stack(
+    n = reward.numel()
+    g_mean = torch.repeat_interleave(_segment_sum(reward, gsizes) / gsizes.float(), gsizes, output_size=n)
+    g_var = _segment_sum((reward - g_mean) ** 2, gsizes) / gsizes.float()
+    g_std = torch.repeat_interleave(g_var.sqrt(), gsizes, output_size=n)
+    return torch.stack(
         [
             reward,
             g_mean,
@@ -350,7 +355,7 @@ def rollout_features_reference(batch: RolloutBatch, config: FeatureConfig | None
             ent_mean,
             r_mean,
             r_max,
-            lens_f / max_len,
+            length_frac,
             batch.per_rollout("truncated"),
             batch.per_rollout("age"),
             batch.per_rollout("reuse_count"),
@@ -358,7 +363,6 @@ def rollout_features_reference(batch: RolloutBatch, config: FeatureConfig | None
         ],
         dim=1,
     )
-    return out
 
 
 # On CPU tensors the reference runs its per-rollout statistics through numpy (same values;
@@ -475,32 +479,9 @@ def _rollout_features_cpu(batch: RolloutBatch, cfg: FeatureConfig, lengths: torc
     lens_f = lengths.to(torch.float32)
     k = torch.floor(cfg.low_quantile * (lens_f - 1.0).clamp_min(0.0)).to(torch.int64)
     lp_sum, lp_min, lp_q, ent_sum, r_sum, r_max = _per_rollout_stats_cpu(batch, lengths, k)
-    reward = batch.reward.float()
-    gsizes = batch.group_sizes
-    g_mean_g = _segment_sum(reward, gsizes) / gsizes.float()
-    g_mean = torch.repeat_interleave(g_mean_g, gsizes, output_size=reward.numel())
-    g_var_g = _segment_sum((reward - g_mean) ** 2, gsizes) / gsizes.float()
-    g_std = torch.repeat_interleave(g_var_g.sqrt(), gsizes, output_size=reward.numel())
-    return torch.stack(
-        [
-            reward,
-            g_mean,
-            g_std,
-            (reward - g_mean) / (g_std + cfg.std_eps),
-            lp_sum / lens_f,
-            lp_min,
-            lp_q,
-            ent_sum / lens_f if batch.token_entropy is not None else ent_sum,
-            r_sum / lens_f if batch.cur_logprobs is not None else r_sum,
-            r_max,
-            lens_f / max_len,
-            batch.per_rollout("truncated"),
-            batch.per_rollout("age"),
-            batch.per_rollout("reuse_count"),
-            batch.per_rollout("clip_ratio"),
-        ],
-        dim=1,
-    )
+    return _assemble(batch, cfg, lp_sum / lens_f, lp_min, lp_q,
+                     ent_sum / lens_f if batch.token_entropy is not None else ent_sum,
+                     r_sum / lens_f if batch.cur_logprobs is not None else r_sum, r_max, lens_f / max_len)
 
 
 def rollout_features(batch: RolloutBatch, config: FeatureConfig | None = None, *,

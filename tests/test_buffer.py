@@ -64,6 +64,19 @@ def test_gather_returns_the_stored_rollouts_exactly():
     assert torch.equal(out.prompt_ids, ids // 4)
 
 
+def test_clip_ratio_of_the_latest_update_reaches_features_and_gather():
+    buf = RolloutBuffer(BufferConfig(capacity=64))
+    b, ids, _ = _Feeder(buf).insert()
+    clip = torch.linspace(0.0, 1.0, ids.numel())
+    buf.set_clip_ratio(torch.cat([ids, torch.tensor([10**6])]), torch.cat([clip, torch.tensor([0.5])]))
+    live = buf.live_slots()
+    ctx = buf.candidate_contexts(live)
+    got = buf.gather(live)
+    order = torch.argsort(got.arm_ids)
+    torch.testing.assert_close(got.batch.clip_ratio[order], clip)
+    torch.testing.assert_close(ctx[:, FEATURE_INDEX["clip_ratio"]], clip[buf.slot["arm_id"][live]])
+
+
 def test_ageing_and_staleness_columns_follow_the_rounds():
     buf = RolloutBuffer(BufferConfig(capacity=64, max_age=None))
     f = _Feeder(buf)
