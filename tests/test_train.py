@@ -123,3 +123,32 @@ def test_cli_train_with_config_file_writes_plot_and_summary(tmp_path):
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "r" / "learning_curve.png").stat().st_size > 0
     assert "held-out pass rate" in out.stdout
+
+
+def _hf_checkpoint(path):
+    """A local checkpoint with a Hugging Face tokenizer (char-level, built offline) beside the model."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from rollout_bandits.trainer.policy import build_policy
+    from rollout_bandits.trainer.tokenizer import DEFAULT_CHARS
+
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3, **{c: i + 4 for i, c in enumerate(DEFAULT_CHARS)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    hf = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
+                                 unk_token="<unk>")
+    model, _ = build_policy(PolicyConfig(hidden=32, n_layers=1, n_heads=2))
+    model.save_pretrained(path)
+    hf.save_pretrained(path)
+    return str(path)
+
+
+def test_local_checkpoint_with_a_hugging_face_tokenizer_trains(tmp_path):
+    ckpt = _hf_checkpoint(tmp_path / "model")
+    cfg = tiny(tmp_path / "run", steps=2, warmup_steps=0, policy=PolicyConfig(model_path=ckpt))
+    res = train(cfg, progress=False)
+    assert len(res.metrics) == 2 and all(m["trained_fresh"] > 0 for m in res.metrics)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        train(tiny(tmp_path / "run2", policy=PolicyConfig(model_path=ckpt)), progress=False)

@@ -84,6 +84,9 @@ class HFGenerator:
     def __init__(self, model, tokenizer, config: GenerationConfig):
         self.model, self.tokenizer, self.config = model, tokenizer, config
 
+    def sync_weights(self, model) -> None:
+        """Generation reads the training model itself: nothing to copy."""
+
     @torch.no_grad()
     def generate(self, prompts: list[str], group_size: int) -> GeneratedRollouts:
         if not prompts:
@@ -118,16 +121,34 @@ class HFGenerator:
 
 
 class VLLMGenerator:
-    """vLLM `LLM.generate` with n samples per prompt and per-token log-probs."""
+    """vLLM `LLM.generate` with n samples per prompt and per-token log-probs.
+
+    The engine serves the checkpoint at `model_path` (an HF folder vLLM can load) and gets the
+    trainer's weights after every optimizer step through the model runner's `load_weights`
+    (colocated, one process, as TRL's colocate mode does).
+    """
 
     def __init__(self, llm, tokenizer, config: GenerationConfig):
-        try:
-            import vllm  # noqa: F401
-        except ImportError as err:
-            raise ValueError(
-                "generation backend 'vllm' needs the optional extra: pip install 'rollout-bandits[vllm]'"
-            ) from err
+        _require_vllm()
         self.llm, self.tokenizer, self.config = llm, tokenizer, config
+
+    @classmethod
+    def from_path(cls, model_path: str | None, tokenizer, config: GenerationConfig) -> VLLMGenerator:
+        _require_vllm()
+        if not model_path:
+            raise ValueError("generation backend 'vllm' needs --policy.model_path (a local HF checkpoint); "
+                             "the embedded char-level policy runs on the 'hf' backend")
+        from vllm import LLM
+
+        return cls(LLM(model=model_path, enable_prefix_caching=True), tokenizer, config)
+
+    def sync_weights(self, model) -> None:
+        try:
+            runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
+        except AttributeError as err:
+            raise ValueError("this vLLM version exposes no colocated model runner to load weights into; "
+                             "use the 'hf' backend or a vLLM with llm_engine.model_executor.driver_worker") from err
+        runner.model.load_weights(model.state_dict().items())
 
     def generate(self, prompts: list[str], group_size: int) -> GeneratedRollouts:
         from vllm import SamplingParams
@@ -158,9 +179,18 @@ class VLLMGenerator:
         )
 
 
-def make_generator(config: GenerationConfig, model, tokenizer):
+def _require_vllm() -> None:
+    try:
+        import vllm  # noqa: F401
+    except ImportError as err:
+        raise ValueError(
+            "generation backend 'vllm' needs the optional extra: pip install 'rollout-bandits[vllm]'"
+        ) from err
+
+
+def make_generator(config: GenerationConfig, model, tokenizer, model_path: str | None = None):
     if config.backend == "vllm":
-        return VLLMGenerator(model, tokenizer, config)
+        return VLLMGenerator.from_path(model_path, tokenizer, config)
     return HFGenerator(model, tokenizer, config)
 
 

@@ -35,6 +35,7 @@ from rollout_bandits.trainer.policy import (
     sft_warmup,
 )
 from rollout_bandits.trainer.tasks import FAMILIES, make_task
+from rollout_bandits.trainer.tokenizer import CharTokenizer, token_ids_api
 
 STAGES = ("generate", "verify", "schedule", "update", "probe", "observe")
 SCHEDULING_STAGES = ("schedule", "observe")
@@ -264,8 +265,12 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     torch.manual_seed(config.seed)
     tasks = [make_task(name, difficulty=config.difficulty, noise=config.verifier_noise, seed=config.seed)
              for name in config.family_names]
-    model, tok = build_policy(config.policy)
-    generator = make_generator(config.generation, model, tok)
+    model, hf_or_char_tok = build_policy(config.policy)
+    tok = token_ids_api(hf_or_char_tok)  # what generation and the loss forward call
+    if config.warmup_steps and not isinstance(hf_or_char_tok, CharTokenizer):
+        raise ValueError("TrainConfig.warmup_steps: the supervised warm-up is for the embedded char-level policy; "
+                         "pass --warmup_steps 0 with --policy.model_path")
+    generator = make_generator(config.generation, model, tok, model_path=config.policy.model_path)
     sched_cfg = dataclasses.replace(config.scheduler, seed=config.seed)
     scheduler = Scheduler(sched_cfg)
     recipe = LOSSES[config.loss.name]
@@ -275,9 +280,9 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     if state is None:
         if config.warmup_steps:
             log(f"supervised warm-up: {config.warmup_steps} steps on {len(tasks)} task families ...")
-            warm = sft_warmup(model, tok, tasks, steps=config.warmup_steps, lr=config.warmup_lr, seed=config.seed)
+            warm = sft_warmup(model, hf_or_char_tok, tasks, steps=config.warmup_steps, lr=config.warmup_lr, seed=config.seed)
             log(f"warm-up done in {warm['seconds']:.0f} s (final loss {warm['losses'][-1]:.3f})")
-        before = _evaluate(model, tok, tasks, config)
+        before = _evaluate(model, hf_or_char_tok, tasks, config)
         log(f"held-out pass rate before RL: {before['mean']:.1%}; RL: {config.steps} steps of "
             f"{config.prompts_per_step} prompts x {config.group_size} rollouts, {config.loss.name} + "
             f"{sched_cfg.policy}")
@@ -370,6 +375,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
                         out.loss.backward()
                         torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                         optimizer.step()
+                        generator.sync_weights(model)
                     loss_value, logp_train = float(out.loss.detach()), logp.detach()
                     if scheduler.buffer is not None:
                         scheduler.buffer.set_clip_ratio(plan.arm_ids, out.clip_ratio)
@@ -410,7 +416,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
                 for s in STAGES:
                     stage_seconds[s] += sec[s]
                 if step % config.eval_every == 0 or step == config.steps:
-                    after = _evaluate(model, tok, tasks, config)
+                    after = _evaluate(model, hf_or_char_tok, tasks, config)
                     record["eval"] = after
                 record["scheduler"] = _jsonable(scheduler.stats())
                 metrics.append(record)

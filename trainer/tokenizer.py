@@ -167,4 +167,53 @@ class CharTokenizer:
 
 TOKENIZER_FILE = "char_tokenizer.json"
 
-__all__ = ["CharTokenizer", "DEFAULT_CHARS", "SPECIAL_TOKENS", "TOKENIZER_FILE"]
+
+class HFTokenizerIds:
+    """The CharTokenizer calls the RL loop makes (ids in, ids out), over a Hugging Face tokenizer,
+    so a local checkpoint by path trains with the same loop."""
+
+    def __init__(self, hf_tokenizer):
+        self.hf = hf_tokenizer
+        eos = hf_tokenizer.eos_token_id
+        if eos is None:
+            raise ValueError("tokenizer: the checkpoint's tokenizer has no eos_token_id; RL needs one to end answers")
+        self.eos_id = int(eos)
+        self.pad_id = int(hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else eos)
+        self.bos_id = hf_tokenizer.bos_token_id
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.hf)
+
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        ids = list(self.hf(text, add_special_tokens=False)["input_ids"])
+        if add_bos and self.bos_id is not None:
+            ids = [int(self.bos_id)] + ids
+        return ids + [self.eos_id] if add_eos else ids
+
+    def encode_batch(self, texts: Sequence[str], add_bos: bool = True, add_eos: bool = False,
+                     padding_side: str = "left", max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        seqs = [self.encode(t, add_bos=add_bos, add_eos=add_eos) for t in texts]
+        L = max(len(s) for s in seqs)
+        if max_length is not None and L > max_length:
+            raise ValueError(f"texts: {L} tokens, expected at most max_length={max_length}")
+        ids = torch.full((len(seqs), L), self.pad_id, dtype=torch.int64)
+        mask = torch.zeros_like(ids)
+        for r, s in enumerate(seqs):
+            cols = slice(L - len(s), L) if padding_side == "left" else slice(0, len(s))
+            ids[r, cols] = torch.tensor(s, dtype=torch.int64)
+            mask[r, cols] = 1
+        return ids, mask
+
+    def decode(self, ids, skip_special: bool = True, stop_at_eos: bool = True) -> str:
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        if stop_at_eos and self.eos_id in ids:
+            ids = ids[: ids.index(self.eos_id)]
+        return self.hf.decode(ids, skip_special_tokens=skip_special)
+
+
+def token_ids_api(tokenizer) -> CharTokenizer | HFTokenizerIds:
+    return tokenizer if isinstance(tokenizer, CharTokenizer) else HFTokenizerIds(tokenizer)
+
+
+__all__ = ["CharTokenizer", "DEFAULT_CHARS", "HFTokenizerIds", "SPECIAL_TOKENS", "TOKENIZER_FILE", "token_ids_api"]
