@@ -95,7 +95,8 @@ def train_command(args: argparse.Namespace) -> int:
     if args.print_config:
         console.print_json(data=dataclasses.asdict(config))
         return 0
-    result = train(config, resume=args.resume, progress=not args.no_progress, log=console.print)
+    steps = None if args.steps is UNSET else config.steps  # resume: extend only when asked
+    result = train(config, resume=args.resume, steps=steps, progress=not args.no_progress, log=console.print)
     png = plot_run([{"step": 0, "eval": result.pass_rate_before, "generated": 0}, *result.metrics],
                    os.path.join(result.out_dir, "learning_curve.png"),
                    title=f"{config.loss.name} + {config.scheduler.policy}")

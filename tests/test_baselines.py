@@ -92,3 +92,40 @@ def test_reuse_fifo_replays_the_oldest_window_rollouts_without_learning():
     # Round 0's first five were used once; FIFO takes the next oldest (ties broken by insertion order).
     assert torch.equal(torch.sort(third.reused.arm_ids).values, first.fresh_arm_ids[5:10])
     assert s.learner is None
+
+
+def test_max_variance_by_score_keeps_the_composition_and_follows_the_score():
+    from rollout_bandits.bandit.baselines import max_variance_by_score
+
+    g = torch.Generator().manual_seed(3)
+    for trial in range(20):
+        sizes = torch.randint(1, 10, (6,), generator=g)
+        go = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(sizes, 0)])
+        n = int(go[-1])
+        r = torch.randint(0, 3, (n,), generator=g).float() / 2
+        s = torch.randn(n, generator=g)
+        _, pods = max_variance(r, go, ratio=0.5)
+        idx, mask = max_variance_by_score(r, go, s, ratio=0.5)
+        assert torch.equal(idx, torch.nonzero(mask).flatten())
+        for i in range(6):
+            a, b = int(go[i]), int(go[i + 1])
+            # Same multiset of rewards as PODS keeps ...
+            assert sorted(r[a:b][mask[a:b]].tolist()) == sorted(r[a:b][pods[a:b]].tolist())
+            # ... and within each reward value the kept ones out-score the dropped ones.
+            for v in r[a:b].unique():
+                same = r[a:b] == v
+                kept, dropped = s[a:b][same & mask[a:b]], s[a:b][same & ~mask[a:b]]
+                if kept.numel() and dropped.numel():
+                    assert kept.min() >= dropped.max()
+
+
+def test_cbs_with_the_max_variance_rule():
+    s = Scheduler(SchedulerConfig(intra_rule="max_variance"))
+    for t in range(3):
+        b = _batch(t)
+        step = s.select(b)
+        _, pods = max_variance(b.reward, b.group_offsets, ratio=0.5)
+        assert int(step.fresh.mask.sum()) == int(pods.sum())
+        s.observe(step.arm_ids, torch.randn(step.arm_ids.numel()))
+    with pytest.raises(ValueError, match="intra_rule"):
+        SchedulerConfig(intra_rule="best")

@@ -56,7 +56,7 @@ def test_resume_makes_the_same_decisions(tmp_path):
     straight = train(tiny(tmp_path / "a", steps=4), progress=False)
     first = train(tiny(tmp_path / "b", steps=4), progress=False, stop_after=2)
     assert first.interrupted and len(first.metrics) == 2
-    resumed = train(tiny(tmp_path / "b", steps=4), resume=True, progress=False)
+    resumed = train(tiny(tmp_path / "b"), resume=True, progress=False)  # the stored config: 4 steps
     assert [m["step"] for m in resumed.metrics] == [1, 2, 3, 4]
     for a, b in zip(straight.metrics, resumed.metrics):
         for key in DECISIONS:
@@ -152,3 +152,11 @@ def test_local_checkpoint_with_a_hugging_face_tokenizer_trains(tmp_path):
     assert len(res.metrics) == 2 and all(m["trained_fresh"] > 0 for m in res.metrics)
     with pytest.raises(ValueError, match="warmup_steps"):
         train(tiny(tmp_path / "run2", policy=PolicyConfig(model_path=ckpt)), progress=False)
+
+
+def test_resume_can_extend_a_finished_run(tmp_path):
+    train(tiny(tmp_path, steps=2), progress=False)
+    res = train(tiny(tmp_path), resume=True, steps=3, progress=False)
+    assert [m["step"] for m in res.metrics] == [1, 2, 3]
+    with pytest.raises(ValueError, match="steps"):
+        train(tiny(tmp_path), resume=True, steps=1, progress=False)

@@ -243,18 +243,23 @@ def _gain_probe(model, tok, config, plan, batch, logp_train, train_set, prompt_r
     return gain_kw, plan.gain_arm_ids[idx], probe_logp
 
 
-def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
+def train(config: TrainConfig, *, resume: bool = False, steps: int | None = None, progress: bool = True,
           log: Callable[[str], None] = print, stop_after: int | None = None) -> TrainResult:
-    """Run (or resume) training. `stop_after` stops (with a checkpoint) after that many steps of
-    this call, as a Ctrl-C would."""
+    """Run (or resume) training.
+
+    Resuming reads the checkpoint in `config.out_dir` and continues with the config stored there
+    (only `steps` may be raised, to extend a run). `stop_after` stops (with a checkpoint) after that
+    many steps of this call, as a Ctrl-C would."""
     ckpt_path = os.path.join(config.out_dir, CHECKPOINT)
     metrics_path = os.path.join(config.out_dir, METRICS)
     state = None
     if resume:
         state = load_checkpoint(ckpt_path)
-        steps = config.steps
         config = config_from_dict(state["config"])
-        config.steps = max(steps, config.steps)
+        if steps is not None:
+            if steps < state["step"]:
+                raise ValueError(f"steps: found {steps}, expected >= {state['step']} (the checkpoint's step)")
+            config.steps = steps
     elif os.path.exists(ckpt_path) and not config.overwrite:
         raise ValueError(f"out_dir: {config.out_dir!r} already holds a checkpoint; pass --resume to continue "
                          "it or --overwrite true to start over (the checkpoint is left untouched)")
