@@ -415,7 +415,7 @@ def train(config: TrainConfig, *, resume: bool = False, steps: int | None = None
                     "trained_fresh": n_fresh, "trained_reused": n_reused,
                     "seconds": sec, "step_seconds": sum(sec.values()),
                     "entropy": float(batch.token_entropy.float().mean()),
-                    "response_len": float(batch.lengths.float().mean()),
+                    "response_len": float(batch.lengths.float().mean()), "tokens": batch.num_tokens,
                     "selected_arms": plan.arm_ids.tolist(),
                 }
                 for s in STAGES:

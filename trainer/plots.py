@@ -85,3 +85,11 @@ def print_summary(result, console=None) -> None:
     s.add_row("scheduling (features+score+select+bandit update)", f"{sched:.2f}",
               f"{sched / total:.2%}" if total else "-", style="bold")
     console.print(s)
+    steps = [m for m in result.metrics if "seconds" in m]
+    if steps:
+        fresh = sum(m["trained_fresh"] for m in steps)
+        reused = sum(m["trained_reused"] for m in steps)
+        tokens = sum(m.get("tokens", 0) for m in steps)
+        console.print(f"steps {len(steps)}  rollouts generated {steps[-1]['generated']:,}  tokens {tokens:,}  "
+                      f"trained on: fresh {fresh:,} ({fresh / max(steps[-1]['generated'], 1):.0%} of generated) "
+                      f"+ reused {reused:,}")
