@@ -8,6 +8,9 @@ Scheduler runs them behind the same interface (SchedulerConfig.policy):
   variance. The best size-k subset by variance is always "the i lowest plus the k - i highest"
   rewards for some i, so trying every i is exact.
 - dapo_filter: DAPO dynamic sampling, drop groups whose rewards are all equal (zero advantage).
+- max_variance_by_score [ours]: the subset composition of max_variance (how many rollouts of each
+  reward value a group keeps), with the rollouts inside each reward value chosen by a score (the
+  CBS scheduler's `intra_rule="max_variance"`).
 The reuse-only baseline (`reuse_fifo`) is a policy of the Scheduler: keep-all plus replay of
 the oldest window rollouts, without learning.
 """
@@ -92,6 +95,30 @@ def max_variance(rewards: torch.Tensor, group_offsets: torch.Tensor, *, k: int |
     mask = torch.zeros(r.numel(), dtype=torch.bool)
     mask[order[take]] = True
     return _finish(mask, group_offsets.device)
+
+
+def max_variance_by_score(rewards: torch.Tensor, group_offsets: torch.Tensor, scores: torch.Tensor, *,
+                          k: int | None = None, ratio: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per group, as many rollouts of each reward value as `max_variance` keeps (so the same,
+    maximal, reward variance: a subset's variance depends only on its reward values), picking the
+    highest-`scores` rollouts within each reward value. Ties in score keep the earlier rollout."""
+    sizes = _sizes(group_offsets)
+    n = int(sizes.sum())
+    if scores.shape != (n,):
+        raise ValueError(f"max_variance_by_score: scores shape {tuple(scores.shape)}, expected [{n}]")
+    _, pods = max_variance(rewards, group_offsets, k=k, ratio=ratio)
+    gidx = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
+    r = rewards.detach().cpu().double()
+    _, block = torch.unique(torch.stack([gidx.double(), r], 1), dim=0, return_inverse=True)
+    nb = int(block.max()) + 1 if n else 0
+    quota = torch.zeros(nb, dtype=torch.int64).index_add_(0, block, pods.cpu().to(torch.int64))
+    order = torch.argsort(-scores.detach().cpu().double(), stable=True)
+    order = order[torch.sort(block[order], stable=True).indices]
+    counts = torch.zeros(nb, dtype=torch.int64).index_add_(0, block, torch.ones(n, dtype=torch.int64))
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty(n, dtype=torch.int64)
+    rank[order] = torch.arange(n) - starts[block[order]]
+    return _finish(rank < quota[block], group_offsets.device)
 
 
 def dapo_filter(rewards: torch.Tensor, group_offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,7 +20,8 @@ plus the stateful `batch` signal that the Scheduler computes itself):
 - `probe`  [ours]   the same dJ on a fixed probe set of held-out prompts, averaged over probe
   prompts; every pulled arm of the step gets it (a set-level label, like `batch`).
 - `auto`   [ours]   `heldout` for arms whose group has unselected rollouts, `self` otherwise
-  (the default until experiments decide).
+  (the first default; the experiments in docs/RESULTS.md made `heldout` the default: see
+  SchedulerConfig's docstring for the numbers and the reasons).
 
 What the trainer supplies for the per-arm signals: the log-probs of the same tokens under the
 policy before (theta_t) and after (theta_{t+1}) the optimizer step, as flat streams with

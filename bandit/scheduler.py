@@ -52,6 +52,7 @@ from rollout_bandits.kernels.schedule import Selection, schedule
 
 POLICIES = ("cbs", "keep_all", "random_k", "pods", "dapo_filter", "reuse_fifo")
 EXPLORERS = ("neural_ucb", "ee_net")
+INTRA_RULES = ("topk", "max_variance")
 
 
 @dataclass
@@ -66,20 +67,37 @@ class SchedulerConfig:
     candidates: "window" = exactly the rollouts of the previous `window_rounds` (L) rounds, FIFO
       by round (the paper's C_t; the current round goes through intra-group selection), or
       "store" = the bounded scored buffer as `buffer` configures it (age / use / score eviction).
-    gain: batch | self | heldout | probe | auto (see gains.py). entropy_weight (w_e) = 0.5 and
-      entropy_min (e_min) = 0.1 nats/token are [ours] defaults: the paper gives neither value.
+    gain: batch | self | heldout | probe | auto (see gains.py). Default "heldout", chosen by
+      experiment (docs/RESULTS.md, "Ablations: gain" and the v2 rows; 7 families, 100 RL steps,
+      3 seeds): with GRPO, paired by seed against the former default "auto", heldout was the only
+      signal ahead (+0.6 +- 0.4 points of final held-out pass rate; batch -0.2, probe +0.2 +- 1.7,
+      self -1.9), and re-running the main grid with it moved CBS from -0.6 / -1.4 / -2.6 to
+      -0.0 / +0.2 / -0.8 points against keep-all for GRPO / DAPO / Dr.GRPO. Why `self` and `auto`
+      lose: `self` (A * change of the arm's own log-prob) is positive for almost any trained-on
+      rollout, so the learner learns "high |A|, already trained" rather than "useful" (its score
+      tracks |A|, see the diagnostics), and `auto` gives that label to every reused arm. Caveats of
+      heldout: it needs unselected rollouts in the group (intra_ratio = 1 leaves nothing to learn
+      from) and labels no reused arm (the reuse scores extrapolate from fresh arms); under verifier
+      noise it was worse than keep-all (the labels use the noisy rewards). `batch` (the paper's
+      signal) costs no extra forward pass (the per-arm signals spend ~15% of a step on it).
+      entropy_weight (w_e) = 0.5 and entropy_min (e_min) = 0.1 nats/token are [ours] defaults: the
+      paper gives neither value.
+    intra_rule: "topk" (the scheduler's score ranks the whole group, keep_contrast applies) or
+      "max_variance" [ours, tried]: keep PODS's reward composition and let the score choose within
+      each reward value. It was worse than topk in the ablation (-1.7 +- 0.9 points), so topk stays.
     """
 
     policy: str = "cbs"
     explorer: str = "neural_ucb"
     intra_k: int | None = None
     intra_ratio: float = 0.5
+    intra_rule: str = "topk"
     keep_contrast: bool = True
     reuse_m: int | None = None
     reuse_ratio: float = 0.5
     candidates: str = "window"
     window_rounds: int = 4
-    gain: str = "auto"
+    gain: str = "heldout"
     entropy_weight: float = 0.5
     entropy_min: float = 0.1
     heldout_log_ratio_clip: float = 2.0
@@ -104,6 +122,7 @@ class SchedulerConfig:
         check_choice(o, "explorer", self.explorer, EXPLORERS)
         check_int(o, "intra_k", self.intra_k, 1, allow_none=True)
         check_float(o, "intra_ratio", self.intra_ratio, 0.0, 1.0, lo_open=True)
+        check_choice(o, "intra_rule", self.intra_rule, INTRA_RULES)
         if not isinstance(self.keep_contrast, bool):
             fail(o, "keep_contrast", repr(self.keep_contrast), "a bool")
         check_int(o, "reuse_m", self.reuse_m, 0, allow_none=True)
@@ -383,6 +402,13 @@ class Scheduler:
         k, ratio = self._k_ratio()
         if cfg.policy == "cbs":
             weights = self.learner.export_weights(batch.device)
+            if cfg.intra_rule == "max_variance":
+                ctx = contexts if contexts is not None else rollout_features(batch, self.feature_config,
+                                                                              backend=cfg.backend)
+                score, mean, bonus = self.learner.score(ctx, backend=cfg.backend)
+                idx, mask = baselines.max_variance_by_score(batch.reward, batch.group_offsets, score, k=k,
+                                                            ratio=ratio)
+                return Selection(idx, mask, score, mean, bonus, ctx)
             if weights is not None and contexts is None:
                 return schedule(batch, weights, k=k, ratio=ratio, keep_contrast=cfg.keep_contrast,
                                 feature_config=self.feature_config, backend=cfg.backend)

@@ -98,7 +98,7 @@ def test_max_variance_by_score_keeps_the_composition_and_follows_the_score():
     from rollout_bandits.bandit.baselines import max_variance_by_score
 
     g = torch.Generator().manual_seed(3)
-    for trial in range(20):
+    for _trial in range(20):
         sizes = torch.randint(1, 10, (6,), generator=g)
         go = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(sizes, 0)])
         n = int(go[-1])

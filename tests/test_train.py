@@ -20,6 +20,7 @@ def tiny(out_dir, **over) -> TrainConfig:
     kw = dict(
         steps=3, prompts_per_step=4, group_size=4, warmup_steps=4, eval_every=3, eval_problems=3,
         checkpoint_every=1, out_dir=str(out_dir), tasks=("add", "parity", "mod"),
+        verifier_noise=0.3,  # mixed rewards (non-zero advantages) even for an untrained policy
         policy=PolicyConfig(hidden=32, n_layers=1, n_heads=2),
         scheduler=SchedulerConfig(window_rounds=2),
     )
@@ -31,6 +32,7 @@ def tiny(out_dir, **over) -> TrainConfig:
 def test_three_steps_with_each_optimizer_and_the_scheduler(tmp_path, loss):
     res = train(tiny(tmp_path, loss=LossConfig(name=loss)), progress=False)
     assert [m["step"] for m in res.metrics] == [1, 2, 3]
+    assert all(m["loss"] != 0.0 for m in res.metrics)  # the policy was updated every round
     assert all(m["trained_fresh"] > 0 for m in res.metrics)
     assert sum(m["trained_reused"] for m in res.metrics) > 0  # the window fed reuse
     assert res.metrics[-1]["scheduler"]["observed_arms"] > 0  # gains reached the learner
@@ -160,3 +162,20 @@ def test_resume_can_extend_a_finished_run(tmp_path):
     assert [m["step"] for m in res.metrics] == [1, 2, 3]
     with pytest.raises(ValueError, match="steps"):
         train(tiny(tmp_path), resume=True, steps=1, progress=False)
+
+
+def test_mini_batches_take_one_step_each_and_keep_resume_exact(tmp_path):
+    # Verifier noise makes rewards mixed (so advantages non-zero) even for an untrained policy.
+    cfg = dict(steps=3, mini_batch_rollouts=5, verifier_noise=0.3,
+               scheduler=SchedulerConfig(window_rounds=2, gain="heldout"))
+    straight = train(tiny(tmp_path / "a", **cfg), progress=False)
+    assert all(m["trained_fresh"] > 0 for m in straight.metrics)
+    adam = next(iter(load_checkpoint(os.path.join(tmp_path / "a", CHECKPOINT))["optimizer"]["state"].values()))
+    assert int(adam["step"]) > 3  # more than one optimizer step per round
+    train(tiny(tmp_path / "b", **cfg), progress=False, stop_after=1)
+    resumed = train(tiny(tmp_path / "b", **cfg), resume=True, progress=False)
+    for a, b in zip(straight.metrics, resumed.metrics):
+        for key in DECISIONS:
+            assert a[key] == b[key], (a["step"], key)
+    with pytest.raises(ValueError, match="mini_batch_rollouts"):
+        TrainConfig(mini_batch_rollouts=-1)

@@ -24,6 +24,7 @@ import torch
 
 from rollout_bandits.bandit.gains import ProbeInputs
 from rollout_bandits.bandit.scheduler import Scheduler, SchedulerConfig
+from rollout_bandits.batch import RolloutBatch
 from rollout_bandits.kernels.rollout_features import FEATURE_INDEX
 from rollout_bandits.trainer.generation import GenerationConfig, make_generator, sequence_logprobs
 from rollout_bandits.trainer.losses import LOSSES, LossConfig, policy_loss
@@ -61,6 +62,7 @@ class TrainConfig:
     eval_problems: int = 64  # per family, held-out split, greedy
     checkpoint_every: int = 25
     out_dir: str = "runs/default"
+    mini_batch_rollouts: int = 0  # > 0: one optimizer step per mini-batch of this many rollouts
     probe_fraction: float = 0.5  # share of the fresh groups the gain probe re-scores after the update
     num_threads: int = 1  # the tiny policy's ops are too small to gain from more; 0 keeps torch's choice
     overwrite: bool = False
@@ -86,6 +88,9 @@ class TrainConfig:
         unknown = [t for t in self.tasks if t not in FAMILIES]
         if unknown:
             raise ValueError(f"TrainConfig.tasks: found unknown {unknown}, expected some of {sorted(FAMILIES)}")
+        if not isinstance(self.mini_batch_rollouts, int) or self.mini_batch_rollouts < 0:
+            raise ValueError(f"TrainConfig.mini_batch_rollouts: found {self.mini_batch_rollouts!r}, "
+                             "expected an int >= 0 (0: one step on the whole round)")
         if not 0.0 < self.probe_fraction <= 1.0:
             raise ValueError(f"TrainConfig.probe_fraction: found {self.probe_fraction}, expected in (0, 1]")
         if not 0.0 <= self.verifier_noise <= 0.5:
@@ -190,6 +195,39 @@ class _StopFlag:
         return False
 
 
+def _update(model, optimizer, generator, config: TrainConfig, train_set: RolloutBatch, train_prompts, adv,
+            reused_mask, pad_id: int, step: int):
+    """The round's optimizer steps: one on the whole training set, or one per shuffled mini-batch of
+    `mini_batch_rollouts` rollouts (later mini-batches are off-policy by the earlier steps, which the
+    clipped ratio against the behaviour log-probs accounts for). Returns (mean loss, the [T] log-probs
+    of each row's forward, [N] clip ratios)."""
+    rows = train_set.num_rollouts
+    size = config.mini_batch_rollouts or rows
+    g = torch.Generator().manual_seed(config.seed * 1_000_033 + step)
+    chunks = [rows_idx.sort().values for rows_idx in torch.randperm(rows, generator=g).split(size)] \
+        if size < rows else [torch.arange(rows)]
+    logp_all = torch.empty(train_set.num_tokens)
+    clip_ratio = torch.zeros(rows)
+    token_rows = train_set.rollout_index().cpu()
+    losses = []
+    for chunk in chunks:
+        part = train_set if chunk.numel() == rows else train_set.take(chunk)
+        logp, _ = sequence_logprobs(model, [train_prompts[int(i)] for i in chunk], part.token_ids, part.offsets,
+                                    pad_id, config.generation.temperature)
+        out = policy_loss(config.loss, logp, part.token_logprobs.float(), adv[chunk], part.offsets,
+                          reused=reused_mask[chunk], max_len=config.generation.max_new_tokens)
+        if bool(adv[chunk].abs().sum() > 0):
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            generator.sync_weights(model)
+        losses.append(float(out.loss.detach()))
+        logp_all[torch.isin(token_rows, chunk)] = logp.detach().cpu()
+        clip_ratio[chunk] = out.clip_ratio.detach().cpu()
+    return sum(losses) / len(losses), logp_all, clip_ratio
+
+
 def _probe_set(tasks, config: TrainConfig, generator, tok):
     """A fixed set of held-out prompts and their rollouts, for the `probe` gain signal."""
     rng = random.Random(f"probe:{config.seed}")
@@ -279,8 +317,6 @@ def train(config: TrainConfig, *, resume: bool = False, steps: int | None = None
     sched_cfg = dataclasses.replace(config.scheduler, seed=config.seed)
     scheduler = Scheduler(sched_cfg)
     recipe = LOSSES[config.loss.name]
-    temperature = config.generation.temperature
-    max_len = config.generation.max_new_tokens
 
     if state is None:
         if config.warmup_steps:
@@ -371,19 +407,11 @@ def train(config: TrainConfig, *, resume: bool = False, steps: int | None = None
                         adv = train_set.reward.cpu().float() - rows_ctx[:, FEATURE_INDEX["group_reward_mean"]]
                     train_prompts = [prompt_registry[int(u)] for u in plan.train_prompt_ids]
                     reused_mask = torch.arange(n_fresh + n_reused) >= n_fresh
-                    logp, _ = sequence_logprobs(model, train_prompts, train_set.token_ids, train_set.offsets,
-                                                tok.pad_id, temperature)
-                    out = policy_loss(config.loss, logp, train_set.token_logprobs.float(), adv,
-                                      train_set.offsets, reused=reused_mask, max_len=max_len)
-                    if bool(adv.abs().sum() > 0):
-                        optimizer.zero_grad(set_to_none=True)
-                        out.loss.backward()
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                        optimizer.step()
-                        generator.sync_weights(model)
-                    loss_value, logp_train = float(out.loss.detach()), logp.detach()
+                    loss_value, logp_train, clip_ratio = _update(
+                        model, optimizer, generator, config, train_set, train_prompts, adv, reused_mask,
+                        tok.pad_id, step)
                     if scheduler.buffer is not None:
-                        scheduler.buffer.set_clip_ratio(plan.arm_ids, out.clip_ratio)
+                        scheduler.buffer.set_clip_ratio(plan.arm_ids, clip_ratio)
                 sec["update"] = clock() - t0
 
                 t0 = clock()
