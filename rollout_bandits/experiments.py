@@ -89,6 +89,11 @@ NOISE = 0.2  # verifier flip probability of the noisy variant
 # v2: the gain signal the ablation picked (heldout). v3: v2 without global reuse (reuse_ratio 0),
 # as the reuse ablation and the reuse-only baseline point to (see docs/RESULTS.md).
 VARIANTS: dict[str, dict] = {"v2": {"gain": "heldout"}, "v3": {"gain": "heldout", "reuse_ratio": 0.0}}
+# The loop change the first sweeps pointed to: several optimizer steps per round (mini-batches of
+# MB_ROLLOUTS), so that reused rollouts add updates instead of only averaging one gradient. Both
+# policies train 512 rows a round (CBS: 256 kept fresh + 256 reused), i.e. 4 steps each.
+MB_ROLLOUTS = 128
+MB_CBS = {"gain": "heldout", "reuse_ratio": 1.0}
 PAPER_LABEL = "batch (= the paper's CBS: batch gain, window candidates, no IS weighting)"
 
 
@@ -153,13 +158,18 @@ def grid(name: str, seeds=None) -> tuple[dict, list[RunSpec]]:
     if name == "ablations":
         seeds = list(seeds) if seeds else [0, 1, 2]
         return CPU_BASE, ablation_grid(seeds)
+    if name == "cpu_mb":
+        seeds = list(seeds) if seeds else [0, 1, 2]
+        return CPU_BASE, [_spec("mb", o, p, s, scheduler=copy.deepcopy(MB_CBS) if p == "cbs" else None,
+                                mini_batch_rollouts=MB_ROLLOUTS)
+                          for s in seeds for o in OPTIMIZERS for p in ("keep_all", "cbs")]
     if name == "gpu":
         seeds = list(seeds) if seeds else [0, 1, 2, 3, 4]
         specs = main_grid(seeds) + main_grid(seeds, group="noise", noise=NOISE)
         for opt in OPTIMIZERS:
             specs += ablation_grid(seeds, optimizer=opt)
         return GPU_BASE, specs
-    raise ValueError(f"sweep --grid: found {name!r}, expected cpu | gpu | ablations")
+    raise ValueError(f"sweep --grid: found {name!r}, expected cpu | gpu | ablations | cpu_mb | cpu_v2 | cpu_v3")
 
 
 # ------------------------------------------------------------------ helpers
@@ -697,7 +707,9 @@ def report(results_dir: str = RESULTS_DIR, out_path: str = os.path.join("docs", 
                          ("noise", f"Verifier noise (reward flipped with probability {NOISE})"),
                          *((f"{g}_{v}", f"{t} with scheduler change {v} = `{json.dumps(VARIANTS[v])}` (CBS "
                             "re-run, baselines as above)") for v in VARIANTS
-                           for g, t in (("main", "Main grid"), ("noise", "Verifier noise")))):
+                           for g, t in (("main", "Main grid"), ("noise", "Verifier noise"))),
+                         ("mb", f"Mini-batch updates: one optimizer step per {MB_ROLLOUTS} rollouts (keep-all and "
+                                f"CBS with `{json.dumps(MB_CBS)}`, both 512 training rows = 4 steps a round)")):
         gcells = {k: v for k, v in cells.items() if k[0] == group}
         if not gcells:
             continue
@@ -782,6 +794,7 @@ def report(results_dir: str = RESULTS_DIR, out_path: str = os.path.join("docs", 
               "rollout-bandits sweep --grid ablations --jobs 2",
               *(f"rollout-bandits sweep --grid cpu_{v} --jobs 2     # CBS with {json.dumps(VARIANTS[v])}"
                 for v in VARIANTS),
+              "rollout-bandits sweep --grid cpu_mb --jobs 2     # mini-batch updates: keep-all vs CBS",
               "python -m rollout_bandits.experiments diagnose gain_auto '{\"scheduler\": {\"gain\": \"auto\"}}'",
               "python -m rollout_bandits.experiments diagnose gain_heldout '{\"scheduler\": {\"gain\": \"heldout\"}}'",
               "python -m rollout_bandits.experiments diagnose gain_self '{\"scheduler\": {\"gain\": \"self\"}}'",
@@ -868,7 +881,8 @@ def _default_value(axis: str, recs: list[dict]) -> str:
 # ---------------------------------------------------------------------- CLI
 def add_parsers(sub) -> None:
     p = sub.add_parser("sweep", help="run an experiment grid (one JSON per run under benchmarks/results/experiments)")
-    p.add_argument("--grid", choices=("cpu", "gpu", "ablations", *(f"cpu_{v}" for v in VARIANTS)), default="cpu")
+    p.add_argument("--grid", choices=("cpu", "gpu", "ablations", "cpu_mb", *(f"cpu_{v}" for v in VARIANTS)),
+                   default="cpu")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the grid's)")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (each on 1 torch thread)")
     p.add_argument("--only", default=None, help="regex on run names")
