@@ -562,6 +562,8 @@ def _plot_group(cells: dict, order: list[tuple], labels: dict, path: str, title:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from rollout_bandits.trainer.plots import save_figure
+
     rows = rows or [""]
     fig, axes = plt.subplots(len(rows), 3, figsize=(16, 4.2 * len(rows)), squeeze=False)
     for key in order:
@@ -587,11 +589,7 @@ def _plot_group(cells: dict, order: list[tuple], labels: dict, path: str, title:
             ax.set_title(f"{row}  vs {xl.split(' (')[0]}".strip())
         axes[i][0].legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=60)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=60)
 
 
 def _main_tables(cells, group, optimizers, lines, ref_policy="keep_all"):

@@ -50,9 +50,16 @@ def plot_run(metrics: list[dict], path: str, title: str = "") -> str:
     ax.set_title("step time by stage")
     if title:
         fig.suptitle(title)
+    return save_figure(fig, path, dpi=110)
+
+
+def save_figure(fig, path: str, dpi: int) -> str:
+    """Lay out, write (creating the folder) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
