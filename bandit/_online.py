@@ -1,42 +1,16 @@
-"""Shared pieces of the online learners: validation, running moments, bounded replay."""
+"""Shared pieces of the online learners: context/gain checks, running moments, bounded replay."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-
-def fail(owner: str, field: str, found: str, expected: str) -> None:
-    raise ValueError(f"{owner}.{field}: found {found}, expected {expected}")
-
-
-def shape_str(t: torch.Tensor) -> str:
-    return "[" + ", ".join(str(s) for s in t.shape) + "]"
-
-
-def check_int(owner: str, name: str, value, lo: int = 0, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        fail(owner, name, repr(value), f"an int >= {lo}" + (" or None" if allow_none else ""))
-
-
-def check_float(owner: str, name: str, value, lo: float = 0.0, hi: float = math.inf, *,
-                lo_open: bool = False, hi_open: bool = False, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
-    if not ok:
-        lb, hb = ("(" if lo_open else "["), (")" if hi_open else "]")
-        fail(owner, name, repr(value), f"a finite float in {lb}{lo}, {hi}{hb}" + (" or None" if allow_none else ""))
-
-
-def check_choice(owner: str, name: str, value, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        fail(owner, name, repr(value), " | ".join(choices))
+from rollout_bandits.validation import (  # noqa: F401  (re-exported for the learners)
+    check_choice,
+    check_float,
+    check_int,
+    fail,
+    shape_str,
+)
 
 
 def check_contexts(owner: str, x, feature_dim: int) -> torch.Tensor:
