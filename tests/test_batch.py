@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from rollout_bandits import RolloutBatch
+from rollout_bandits.batch import group_index
 from rollout_bandits.synthetic import synthetic_batch
 
 
@@ -45,11 +46,11 @@ BAD_CASES = {
     "offsets_end": (dict(offsets=torch.tensor([0, 2, 3, 5])), "offsets", "number of tokens"),
     "offsets_non_monotone": (dict(offsets=torch.tensor([0, 4, 3, 6])), "offsets", "monotone"),
     "empty_rollout": (dict(offsets=torch.tensor([0, 2, 2, 6])), "offsets", "0 tokens"),
-    "empty_batch": (
+    "groups_in_empty_batch": (
         dict(offsets=torch.tensor([0]), token_logprobs=torch.zeros(0), token_entropy=None,
-             cur_logprobs=None, reward=torch.zeros(0), group_offsets=torch.tensor([0]),
+             cur_logprobs=None, reward=torch.zeros(0), group_offsets=torch.tensor([0, 0]),
              age=None, reuse_count=None, truncated=None, clip_ratio=None),
-        "offsets", "empty batch",
+        "group_offsets", "at least one rollout",
     ),
     "reward_len": (dict(reward=torch.zeros(2)), "reward", "[3]"),
     "reward_int": (dict(reward=torch.tensor([1, 0, 1])), "reward", "floating"),
@@ -82,6 +83,39 @@ def test_validate_rejects(case):
         _good(**over).validate()
     msg = str(err.value)
     assert f"RolloutBatch.{field}" in msg and expected in msg and "found" in msg
+
+
+def test_an_empty_batch_is_valid():
+    """0 rollouts (offsets [0], group_offsets [0]): what an empty selection trains on."""
+    b = _good(offsets=torch.tensor([0]), token_logprobs=torch.zeros(0), token_entropy=None, cur_logprobs=None,
+              reward=torch.zeros(0), group_offsets=torch.tensor([0]), age=None, reuse_count=None,
+              truncated=None, clip_ratio=None).validate()
+    assert b.num_rollouts == 0 and b.num_groups == 0 and b.group_index().numel() == 0
+    assert b.to_padded()["mask"].shape == (0, 0)
+    assert b.take(torch.zeros(0, dtype=torch.int64)).validate().num_rollouts == 0
+
+
+def test_concat_keeps_rows_groups_and_streams():
+    a = synthetic_batch(3, (1, 4), 5, seed=1)
+    b = synthetic_batch(2, (2, 3), 7, seed=2, with_cur=False)
+    a.age, b.age = None, torch.ones(b.num_rollouts)
+    cat = RolloutBatch.concat([a, b]).validate()
+    assert cat.num_rollouts == a.num_rollouts + b.num_rollouts
+    assert cat.num_groups == a.num_groups + b.num_groups  # groups never merge across parts
+    assert torch.equal(cat.token_logprobs, torch.cat([a.token_logprobs, b.token_logprobs]))
+    assert cat.cur_logprobs is None and cat.token_entropy is not None  # missing in one part: dropped
+    assert cat.age.tolist() == [0.0] * a.num_rollouts + [1.0] * b.num_rollouts  # default filled in
+    assert torch.equal(cat.take(torch.arange(a.num_rollouts, cat.num_rollouts)).token_logprobs, b.token_logprobs)
+    empty = a.take(torch.zeros(0, dtype=torch.int64))
+    assert torch.equal(RolloutBatch.concat([empty, b]).token_logprobs, b.token_logprobs)
+    assert RolloutBatch.concat([empty]).validate().num_rollouts == 0
+    with pytest.raises(ValueError, match="RolloutBatch.concat.parts"):
+        RolloutBatch.concat([])
+
+
+def test_group_index_of_offsets():
+    assert group_index(torch.tensor([0, 2, 3, 6])).tolist() == [0, 0, 1, 2, 2, 2]
+    assert group_index(torch.tensor([0])).numel() == 0
 
 
 def test_missing_groups_is_an_error():

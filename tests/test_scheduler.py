@@ -166,8 +166,12 @@ def test_config_validation_names_the_field():
             SchedulerConfig(**kw)
     with pytest.raises(ValueError, match="BufferConfig.capacity"):
         SchedulerConfig(buffer={"capacity": 0})
+    with pytest.raises(ValueError, match="seed"):
+        Scheduler(seed=1).load_state_dict(Scheduler().state_dict())
     with pytest.raises(ValueError, match="config"):
-        Scheduler(SchedulerConfig(seed=1)).load_state_dict(Scheduler().state_dict())
+        Scheduler(SchedulerConfig(intra_ratio=0.25)).load_state_dict(Scheduler().state_dict())
+    with pytest.raises(ValueError, match="Scheduler.seed"):
+        Scheduler(seed=-1)
 
 
 def test_batch_gain_needs_no_gains_call():

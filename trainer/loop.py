@@ -25,7 +25,6 @@ import torch
 from rollout_bandits.bandit.gains import ProbeInputs
 from rollout_bandits.bandit.scheduler import Scheduler, SchedulerConfig
 from rollout_bandits.batch import RolloutBatch
-from rollout_bandits.kernels.rollout_features import FEATURE_INDEX
 from rollout_bandits.trainer.generation import GenerationConfig, make_generator, sequence_logprobs
 from rollout_bandits.trainer.losses import LOSSES, LossConfig, policy_loss
 from rollout_bandits.trainer.policy import (
@@ -314,8 +313,8 @@ def train(config: TrainConfig, *, resume: bool = False, steps: int | None = None
         raise ValueError("TrainConfig.warmup_steps: the supervised warm-up is for the embedded char-level policy; "
                          "pass --warmup_steps 0 with --policy.model_path")
     generator = make_generator(config.generation, model, tok, model_path=config.policy.model_path)
-    sched_cfg = dataclasses.replace(config.scheduler, seed=config.seed)
-    scheduler = Scheduler(sched_cfg)
+    sched_cfg = config.scheduler
+    scheduler = Scheduler(sched_cfg, seed=config.seed)
     recipe = LOSSES[config.loss.name]
 
     if state is None:
@@ -398,20 +397,13 @@ def train(config: TrainConfig, *, resume: bool = False, steps: int | None = None
                 loss_value, logp_train = 0.0, None
                 if n_fresh + n_reused > 0:
                     train_set = plan.train_batch
-                    rows_ctx = plan.fresh.contexts.detach().cpu().float()[plan.fresh.indices.cpu()]
-                    if plan.reused is not None:
-                        rows_ctx = torch.cat([rows_ctx, plan.reused.contexts.float()])
-                    if recipe.normalize_std:
-                        adv = plan.train_advantage.float()
-                    else:  # Dr.GRPO: r - group mean, from the group statistics in the contexts
-                        adv = train_set.reward.cpu().float() - rows_ctx[:, FEATURE_INDEX["group_reward_mean"]]
+                    adv = plan.train_advantage_for(recipe.normalize_std).float()  # Dr.GRPO: no std
                     train_prompts = [prompt_registry[int(u)] for u in plan.train_prompt_ids]
                     reused_mask = torch.arange(n_fresh + n_reused) >= n_fresh
                     loss_value, logp_train, clip_ratio = _update(
                         model, optimizer, generator, config, train_set, train_prompts, adv, reused_mask,
                         tok.pad_id, step)
-                    if scheduler.buffer is not None:
-                        scheduler.buffer.set_clip_ratio(plan.arm_ids, clip_ratio)
+                    scheduler.record_clip_ratio(plan, clip_ratio)
                 sec["update"] = clock() - t0
 
                 t0 = clock()
@@ -430,8 +422,7 @@ def train(config: TrainConfig, *, resume: bool = False, steps: int | None = None
                 sec["observe"] = clock() - t0
 
                 # Forget prompts no stored rollout refers to any more.
-                live = (scheduler.buffer.slot["prompt_id"][scheduler.buffer.live_slots()]
-                        if scheduler.buffer is not None else torch.zeros(0, dtype=torch.int64))
+                live = scheduler.live_prompt_ids()
                 oldest = int(live.min()) if live.numel() else next_prompt_uid
                 for uid in [u for u in prompt_registry if u < oldest]:
                     del prompt_registry[uid]
