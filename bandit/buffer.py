@@ -395,6 +395,7 @@ class RolloutBuffer:
         total = int(offsets[-1])
         src = torch.repeat_interleave(s["tok_start"][slots] - offsets[:-1], lens) + torch.arange(total)
         streams = {name: a[src] for name, a in self.arena.items()}
+        floats = [v for k, v in streams.items() if k != "token_ids"]
         batch = RolloutBatch(
             token_logprobs=streams["token_logprobs"],
             offsets=offsets,
@@ -407,6 +408,8 @@ class RolloutBuffer:
             truncated=s["truncated"][slots].clone(),
             clip_ratio=s["clip_ratio"][slots].clone(),
             max_response_len=self.max_response_len,
+            mask_nonfinite=not all(bool(torch.isfinite(v).all()) for v in floats),
+            allow_empty_rollouts=bool((lens == 0).any()),
         )
         return BufferedRollouts(batch=batch, slots=slots, arm_ids=s["arm_id"][slots].clone(),
                                 prompt_ids=s["prompt_id"][slots].clone(),

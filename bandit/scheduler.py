@@ -367,7 +367,7 @@ class Scheduler:
             elif isinstance(p, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in p):
                 try:
                     t = torch.tensor(p, dtype=torch.int64).reshape(-1)
-                except (OverflowError, RuntimeError):
+                except (OverflowError, RuntimeError, ValueError):
                     t = None
             if t is None:
                 fail(_SEL, "prompt_tokens", f"entry {i}: {describe(p)}", "a 1-D integer tensor or a list of int64 ids")
@@ -534,8 +534,12 @@ class Scheduler:
             bad = ~torch.isfinite(v)
             if bool(bad.any()):
                 i = int(torch.nonzero(bad)[0])
-                field_name = "batch" if what == "fresh" else "buffer"
-                fail(_SEL, field_name, f"{what} rollout {i} scored {v[i].item()} by the learner",
+                z = self.learner.standardize(contexts[i:i + 1].float())[0].double().abs()
+                j = int(torch.argmax(torch.nan_to_num(z, nan=math.inf)))
+                name = FEATURE_NAMES[j] if self.feature_dim == NUM_FEATURES else f"column {j}"
+                fail(_SEL, "batch" if what == "fresh" else "buffer",
+                     f"{what} rollout {i} scored {v[i].item()} by the learner (its {name} is {z[j].item():.3g} "
+                     "running standard deviations from the mean)",
                      "contexts the learner can score (within the range it has seen by a factor float32 holds)")
         return out
 

@@ -72,6 +72,14 @@ BAD_CASES = {
     "max_len_not_int": (dict(max_response_len=2.5), "max_response_len", "positive int"),
     "token_ids_len": (dict(token_ids=torch.zeros(4, dtype=torch.int64)), "token_ids", "[6]"),
     "not_a_tensor": (dict(age=[0, 0, 0]), "age", "torch.Tensor"),
+    # Issue 14 item 13: these were an AttributeError, or silently accepted.
+    "reward_none": (dict(reward=None), "reward", "torch.Tensor"),
+    "offsets_none": (dict(offsets=None), "offsets", "torch.Tensor"),
+    "group_ids_contradict_offsets": (dict(group_ids=torch.tensor([0, 1, 1])), "group_ids", "group_offsets"),
+    "mask_nonfinite_string": (dict(mask_nonfinite="no"), "mask_nonfinite", "bool"),
+    "max_len_bool": (dict(max_response_len=True), "max_response_len", "positive int"),
+    "allow_empty_string": (dict(allow_empty_rollouts="yes"), "allow_empty_rollouts", "bool"),
+    "nonfinite_reward_unknown": (dict(nonfinite_reward="drop"), "nonfinite_reward", "group_min"),
     "device_mix": (dict(age=torch.zeros(3, device="meta")), "age", "device"),
 }
 
@@ -174,6 +182,22 @@ def test_from_padded_bad_inputs():
         RolloutBatch.from_padded(torch.zeros(3, 3), torch.ones(3, 3), torch.zeros(3), group_size=2)
     with pytest.raises(ValueError, match="group_ids \\[N\\] or group_size"):
         RolloutBatch.from_padded(torch.zeros(3, 3), torch.ones(3, 3), torch.zeros(3))
+
+
+def test_from_padded_refuses_wrong_types_and_contradictions():
+    """Issue 14 item 13: group_size="4" was a TypeError; group_ids silently won over group_size."""
+    lp, mask, r = torch.zeros(8, 3), torch.ones(8, 3), torch.zeros(8)
+    with pytest.raises(ValueError, match="RolloutBatch.group_size: found '4'"):
+        RolloutBatch.from_padded(lp, mask, r, group_size="4")
+    with pytest.raises(ValueError, match="RolloutBatch.group_ids"):
+        RolloutBatch.from_padded(lp, mask, r, group_size=4, group_ids=torch.arange(8) // 2)
+    agree = RolloutBatch.from_padded(lp, mask, r, group_size=4, group_ids=torch.arange(8) // 4)
+    assert agree.group_offsets.tolist() == [0, 4, 8]
+    with pytest.raises(ValueError, match="RolloutBatch.token_logprobs"):
+        RolloutBatch.from_padded([[0.0]], mask, r, group_size=4)
+    with pytest.raises(ValueError, match="RolloutBatch.group_ids"):
+        RolloutBatch(token_logprobs=torch.zeros(2), offsets=torch.tensor([0, 1, 2]), reward=torch.zeros(2),
+                     group_ids=[0, 1])
 
 
 def test_take_keeps_streams_and_groups():
