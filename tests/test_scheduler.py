@@ -274,6 +274,7 @@ def test_a_masked_batch_that_select_accepts_is_observed(gain):
     s = Scheduler(SchedulerConfig(gain=gain, reuse_m=4))
     for t in range(3):
         b = _batch(t)
+        b.cur_logprobs = None  # the gains read the behaviour log-probs, NaN included
         b.token_logprobs[[2, 40]] = float("nan")
         b.token_entropy[7] = float("inf")
         b.mask_nonfinite = True
