@@ -120,7 +120,7 @@ class Replay:
     def load_state_dict(self, s: dict) -> None:
         n = int(s["size"])
         if n > self.capacity:
-            raise ValueError(f"Replay: found {n} stored pairs, expected at most the capacity {self.capacity}")
+            fail("Replay", "state['size']", f"{n} stored pairs", f"at most the capacity {self.capacity}")
         self.x.zero_()
         self.y.zero_()
         self.x[:n] = s["x"]
