@@ -398,7 +398,7 @@ class Scheduler:
         if d != NUM_FEATURES:
             fail(_SEL, "contexts", "None", f"contexts [N, {d}]: the learner's feature width {d} differs "
                  f"from rollout_features' {NUM_FEATURES}")
-        ctx = rollout_features(batch, self.feature_config, backend=self.config.backend)
+        ctx = rollout_features(batch, self.feature_config, backend=self.config.backend, validate=False)  # validated
         bad = ~torch.isfinite(ctx)
         if bool(bad.any()):
             i, j = (int(v) for v in torch.nonzero(bad)[0])
