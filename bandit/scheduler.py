@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
-from functools import cached_property
 
 import torch
 
 from rollout_bandits.bandit import baselines
 from rollout_bandits.bandit._online import check_contexts, check_gains
-from rollout_bandits.bandit.buffer import AdvancePlan, BufferConfig, BufferedRollouts, RolloutBuffer
+from rollout_bandits.bandit.buffer import AdvancePlan, BufferConfig, RolloutBuffer
 from rollout_bandits.bandit.ee_net import EENet, EENetConfig
 from rollout_bandits.bandit.gains import (
     GAIN_SIGNALS,
@@ -37,9 +36,10 @@ from rollout_bandits.bandit.gains import (
     batch_gain,
     batch_value_entropy,
     compute_gains,
-    group_advantage,
 )
 from rollout_bandits.bandit.neural_ucb import NeuralUCB, NeuralUCBConfig
+from rollout_bandits.bandit.select_inputs import advantages, prompt_ids_per_rollout, prompt_tokens_per_rollout
+from rollout_bandits.bandit.step import ScheduleStep
 from rollout_bandits.batch import RolloutBatch
 from rollout_bandits.kernels.group_topk import global_topm, group_topk
 from rollout_bandits.kernels.rollout_features import (
@@ -161,118 +161,6 @@ class SchedulerConfig:
 
 
 @dataclass
-class ScheduleStep:
-    """What `select` decided for one round, and everything the trainer needs to act on it."""
-
-    round: int
-    batch: RolloutBatch  # the fresh batch as given (non-finite rewards resolved, see nonfinite_reward)
-    fresh: Selection  # indices/mask into `batch`, scores/mean/bonus/contexts [N]
-    fresh_arm_ids: torch.Tensor  # [N] every fresh rollout's arm id
-    fresh_group_uids: torch.Tensor  # [N] global group ids (unique across rounds)
-    fresh_prompt_ids: torch.Tensor  # [N]
-    fresh_advantage: torch.Tensor  # [N] (r - group mean) / (group std + 1e-6), full group; or the trainer's
-    fresh_advantage_centered: torch.Tensor  # [N] r - group mean; or the trainer's advantage
-    fresh_prompt_tokens: list | None  # [N] prompt token ids per rollout, or None when not given
-    reused: BufferedRollouts | None
-    reused_scores: torch.Tensor
-    reused_mean: torch.Tensor
-    reused_bonus: torch.Tensor
-
-    @property
-    def num_fresh_selected(self) -> int:
-        return int(self.fresh.indices.numel())
-
-    @property
-    def num_reused(self) -> int:
-        return 0 if self.reused is None else int(self.reused.arm_ids.numel())
-
-    @property
-    def num_selected(self) -> int:
-        """Rows of train_batch (0: an empty selection, nothing to train on this round)."""
-        return self.num_fresh_selected + self.num_reused
-
-    def _train_rows(self, fresh: torch.Tensor, reused: torch.Tensor | None) -> torch.Tensor:
-        """A per-rollout fresh tensor [N] at the selected rows, then the reused rows' values."""
-        a = fresh[self.fresh.indices.cpu()]
-        return a if self.reused is None else torch.cat([a, reused])
-
-    @property
-    def arm_ids(self) -> torch.Tensor:
-        """The pulled arms: selected fresh rollouts, then reused ones (the rows of train_batch)."""
-        return self._train_rows(self.fresh_arm_ids, None if self.reused is None else self.reused.arm_ids)
-
-    def _fresh_taken(self) -> RolloutBatch:
-        idx = self.fresh.indices
-        b = self.batch.take(idx)
-        return replace(b, group_offsets=None, group_ids=self.fresh_group_uids[idx.cpu()].to(b.device))
-
-    @cached_property
-    def train_batch(self) -> RolloutBatch:
-        """Selected fresh rollouts then reused ones, group_ids = global group uids (groups adjacent);
-        a valid batch of 0 rollouts when nothing was selected.
-
-        Reused rollouts carry their behaviour log-probs; like the paper, no importance weight is
-        applied by the scheduler (their staleness is in the features)."""
-        return RolloutBatch.concat([self._fresh_taken()] + ([] if self.reused is None else [self.reused.batch]))
-
-    @property
-    def train_advantage(self) -> torch.Tensor:
-        """GRPO's group-normalized advantage of each train_batch row (or the trainer's own)."""
-        return self.train_advantage_for(normalize_std=True)
-
-    def train_advantage_for(self, normalize_std: bool) -> torch.Tensor:
-        """Each train_batch row's advantage against its full original group: (r - mean) / (std +
-        1e-6), or r - mean without the std (Dr.GRPO). Where the trainer gave `select` its own
-        advantages, those, whatever normalize_std."""
-        check_bool("ScheduleStep.train_advantage_for", "normalize_std", normalize_std)
-        if normalize_std:
-            return self._train_rows(self.fresh_advantage, None if self.reused is None else self.reused.advantage)
-        return self._train_rows(self.fresh_advantage_centered,
-                                None if self.reused is None else self.reused.advantage_centered)
-
-    @property
-    def train_prompt_ids(self) -> torch.Tensor:
-        return self._train_rows(self.fresh_prompt_ids, None if self.reused is None else self.reused.prompt_ids)
-
-    @property
-    def train_prompt_tokens(self) -> list:
-        """Each train_batch row's prompt token ids ([P] int64), None where `select` was not given them."""
-        fresh = self.fresh_prompt_tokens
-        rows = [None if fresh is None else fresh[i] for i in self.fresh.indices.cpu().tolist()]
-        return rows + ([] if self.reused is None else list(self.reused.prompt_tokens))
-
-    @cached_property
-    def gain_batch(self) -> RolloutBatch:
-        """Every fresh rollout (selected or not) then the reused ones: the rows the per-arm gain
-        signals need log-probs for (heldout reads the unselected fresh ones)."""
-        fresh = replace(self.batch, group_offsets=None,
-                        group_ids=self.fresh_group_uids.to(self.batch.device))
-        return RolloutBatch.concat([fresh] + ([] if self.reused is None else [self.reused.batch]))
-
-    @property
-    def gain_selected(self) -> torch.Tensor:
-        m = self.fresh.mask.cpu()
-        return m if self.reused is None else torch.cat([m, torch.ones(self.num_reused, dtype=torch.bool)])
-
-    @property
-    def gain_arm_ids(self) -> torch.Tensor:
-        return self.fresh_arm_ids if self.reused is None else torch.cat([self.fresh_arm_ids, self.reused.arm_ids])
-
-    @property
-    def gain_advantage(self) -> torch.Tensor:
-        a = self.fresh_advantage
-        return a if self.reused is None else torch.cat([a, self.reused.advantage])
-
-    def default_logp_before(self) -> torch.Tensor:
-        """Fresh: cur_logprobs if given, else the behaviour log-probs; reused: behaviour log-probs."""
-        b = self.batch
-        fresh = (b.cur_logprobs if b.cur_logprobs is not None else b.token_logprobs).float().cpu()
-        if self.reused is None:
-            return fresh
-        return torch.cat([fresh, self.reused.batch.token_logprobs.float()])
-
-
-@dataclass
 class _SelectInputs:
     """Everything `select` checked or computed before it changes any state."""
 
@@ -335,59 +223,6 @@ class Scheduler:
         return self.config.feature_dim
 
     # ------------------------------------------------------------- validation
-    def _prompt_ids(self, prompt_ids, batch: RolloutBatch) -> torch.Tensor:
-        n, g = batch.num_rollouts, batch.num_groups
-        if prompt_ids is None:
-            return torch.full((n,), -1, dtype=torch.int64)
-        want = f"integer ids, one per group [{g}] or per rollout [{n}]"
-        try:
-            p = torch.as_tensor(prompt_ids)
-        except (TypeError, ValueError, RuntimeError, OverflowError):
-            fail(_SEL, "prompt_ids", describe(prompt_ids), want)
-        if p.dtype.is_floating_point or p.dtype.is_complex or p.dtype == torch.bool or p.dim() != 1 or \
-                p.numel() not in (g, n):
-            fail(_SEL, "prompt_ids", f"{shape_str(p)} {p.dtype}", want)
-        p = p.cpu().to(torch.int64)
-        return torch.repeat_interleave(p, batch.group_sizes.cpu()) if p.numel() == g and g != n else p
-
-    def _prompt_tokens(self, prompt_tokens, batch: RolloutBatch) -> list | None:
-        if prompt_tokens is None:
-            return None
-        n, g = batch.num_rollouts, batch.num_groups
-        if not isinstance(prompt_tokens, (list, tuple)) or len(prompt_tokens) not in (g, n):
-            found = describe(prompt_tokens) + (f" of {len(prompt_tokens)}" if isinstance(prompt_tokens, (list, tuple))
-                                               else "")
-            fail(_SEL, "prompt_tokens", found, f"a list of token id sequences, one per group [{g}] or rollout [{n}]")
-        out = []
-        for i, p in enumerate(prompt_tokens):
-            t = None
-            if isinstance(p, torch.Tensor) and p.dim() == 1 and not (
-                    p.dtype.is_floating_point or p.dtype.is_complex or p.dtype == torch.bool):
-                t = p.detach().to("cpu", torch.int64)
-            elif isinstance(p, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in p):
-                try:
-                    t = torch.tensor(p, dtype=torch.int64).reshape(-1)
-                except (OverflowError, RuntimeError, ValueError):
-                    t = None
-            if t is None:
-                fail(_SEL, "prompt_tokens", f"entry {i}: {describe(p)}", "a 1-D integer tensor or a list of int64 ids")
-            out.append(t)
-        if len(out) == g and g != n:
-            out = [out[i] for i in batch.group_index().cpu().tolist()]
-        return out
-
-    def _advantage(self, advantage, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        r, go = batch.reward.detach().cpu(), batch.group_offsets.cpu()
-        if advantage is None:
-            return group_advantage(r, go), group_advantage(r, go, normalize_std=False)
-        n = batch.num_rollouts
-        a = check_tensor(_SEL, "advantage", advantage, shape=(n,), kind="float", expected=f"[{n}] (one per rollout)")
-        a = a.detach().to("cpu", torch.float32)
-        if not bool(torch.isfinite(a).all()):
-            i = int(torch.nonzero(~torch.isfinite(a))[0])
-            fail(_SEL, "advantage", f"{a[i].item()} at rollout {i}", "finite advantages (in float32)")
-        return a, a
-
     def _contexts(self, contexts, batch: RolloutBatch) -> torch.Tensor:
         n, d = batch.num_rollouts, self.feature_dim
         if contexts is not None:
@@ -415,9 +250,9 @@ class Scheduler:
         if batch.num_rollouts == 0:
             fail(_SEL, "batch", "0 rollouts", "at least one rollout to choose from")
         batch = batch.with_finite_rewards()
-        prompts = self._prompt_ids(prompt_ids, batch)
-        adv, centered = self._advantage(advantage, batch)
-        tokens = self._prompt_tokens(prompt_tokens, batch)
+        prompts = prompt_ids_per_rollout(prompt_ids, batch)
+        adv, centered = advantages(advantage, batch)
+        tokens = prompt_tokens_per_rollout(prompt_tokens, batch)
         if self.buffer is not None:
             self.buffer.check_insertable(batch)
         ctx = self._contexts(contexts, batch)

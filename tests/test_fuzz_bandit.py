@@ -8,9 +8,8 @@ train_batch passes its own validate(); a rejected call leaves the scheduler's st
 import math
 import re
 
-import pytest
 import torch
-from _bandit_helpers import one_thread, roundtrip, states_equal
+from _bandit_helpers import roundtrip, single_thread, states_equal  # noqa: F401  (single_thread: autouse)
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -31,11 +30,6 @@ NAN, INF = float("nan"), float("inf")
 SPECIAL = [NAN, INF, -INF, -1e30, -3e38, 1e20, 3e38, -0.0, 1e-40]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = one_thread()
-    yield
-    torch.set_num_threads(n)
 
 
 def _floats(lo, hi):

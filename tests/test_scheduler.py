@@ -3,18 +3,11 @@ import re
 
 import pytest
 import torch
-from _bandit_helpers import one_thread, roundtrip, states_equal
+from _bandit_helpers import roundtrip, single_thread, states_equal  # noqa: F401  (single_thread: autouse)
 
 from rollout_bandits.bandit import BufferConfig, NeuralUCBConfig, Scheduler, SchedulerConfig
 from rollout_bandits.kernels.rollout_features import rollout_features
 from rollout_bandits.synthetic import synthetic_batch
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = one_thread()
-    yield
-    torch.set_num_threads(n)
 
 
 def _batch(t, groups=6, size=8):

@@ -3,20 +3,13 @@ token ids, fully masked (0-token) rollouts, non-finite rewards, and empty select
 
 import pytest
 import torch
-from _bandit_helpers import one_thread, roundtrip, states_equal
+from _bandit_helpers import roundtrip, single_thread, states_equal  # noqa: F401  (single_thread: autouse)
 
 from rollout_bandits import RolloutBatch
 from rollout_bandits.bandit import Scheduler, SchedulerConfig
 from rollout_bandits.bandit.gains import group_advantage
 from rollout_bandits.kernels.rollout_features import FEATURE_INDEX, rollout_features_reference
 from rollout_bandits.synthetic import synthetic_batch
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = one_thread()
-    yield
-    torch.set_num_threads(n)
 
 
 def _batch(t, groups=4, size=4):
