@@ -145,9 +145,9 @@ def test_global_topm_parity(n, m):
 
 
 BAD = [
-    ("k0", dict(k=0), "k=0"),
-    ("k-negative", dict(k=-2), "k=-2"),
-    ("k-float", dict(k=2.0), "k=2.0"),
+    ("k0", dict(k=0), r"group_topk\.k: found 0, expected an int >= 1"),
+    ("k-negative", dict(k=-2), "k: found -2"),
+    ("k-float", dict(k=2.0), "k: found 2.0"),
     ("both", dict(k=2, ratio=0.5), "exactly one"),
     ("neither", dict(), "exactly one"),
     ("ratio0", dict(ratio=0.0), "ratio"),
@@ -182,7 +182,7 @@ def test_bad_input(name, kw, match, backend):
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_global_topm_bad_input(backend):
-    with pytest.raises(ValueError, match="m=0"):
+    with pytest.raises(ValueError, match=r"global_topm\.m: found 0, expected an int >= 1"):
         global_topm(torch.randn(4), 0, backend=backend)
     with pytest.raises(ValueError, match="NaN"):
         global_topm(torch.tensor([1.0, float("nan")]), 1, backend=backend)
