@@ -1,7 +1,9 @@
 """group_topk: segmented top-k per prompt group with the keep-contrast rule, and a global top-m.
 
 Layout as in kernels/rollout_features.py: `@triton.jit` kernels, launchers,
-vectorized PyTorch references, dispatchers.
+vectorized PyTorch references, dispatchers; the plain one-group-at-a-time
+oracles that the tests hold both to are `group_topk_naive` / `global_topm_naive`
+in kernels/naive.py.
 
 Selection rules (the same in kernel and reference, and documented here once):
 - Order: higher score first; equal scores are broken by the lower index first.

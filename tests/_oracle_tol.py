@@ -78,3 +78,46 @@ def assert_matches_oracle(got: torch.Tensor, batch: RolloutBatch, cfg: FeatureCo
         raise AssertionError(f"{label}: {FEATURE_NAMES[j]} of rollout {i}: got {float(got[i, j])!r}, "
                              f"float64 oracle {float(want[i, j])!r} (error {err:.3g} = {ulps:.2f} float32 ulp, "
                              f"tolerance {float(tol[i, j]):.3g}); {int(bad.sum())} entries off")
+
+
+def _gamma(n: int) -> float:
+    """Higham's gamma_n = n u / (1 - n u): the relative forward error bound of an n-term float32
+    dot product (any summation order, FMA or not)."""
+    return n * U32 / (1 - n * U32)
+
+
+def ucb_error_bound(x: torch.Tensor, w) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bounds [N] on |float32 - exact| of (score, mean, bonus) of ucb_score, by running forward error
+    analysis: each layer's dot products (gamma_n on |x| |W| + |b|), the error carried in through
+    |W| and the activation's Lipschitz constant (1 for ReLU, 1.13 for GELU), GELU's own evaluation
+    (libdevice / numpy erf within 2 ulp, plus 3 roundings: 6 u |z|), then the quadratic form and
+    the square root, whose error is min(sqrt(dq), dq / sqrt(q)) for a quadratic-form error dq."""
+    d64 = lambda t: t.detach().double().cpu()  # noqa: E731
+    xs = d64(x)
+    w1, b1, w2, b2, w3, b3 = (d64(t) for t in (w.w1, w.b1, w.w2, w.b2, w.w3, w.b3))
+    z = d64(w.zinv) if w.zinv is not None else torch.diag(d64(w.zinv_diag))
+    d, h = w1.shape
+    gelu = w.activation == "gelu"
+    lip = 1.13 if gelu else 1.0
+
+    def act(v):
+        return 0.5 * v * (1 + torch.erf(v / math.sqrt(2))) if gelu else v.clamp_min(0)
+
+    def layer(a, e_a, wm, bv):
+        za = a @ wm + bv
+        e_z = e_a @ wm.abs() + _gamma(wm.shape[0] + 1) * ((a.abs() + e_a) @ wm.abs() + bv.abs())
+        return act(za), lip * e_z + (6 * U32 * za.abs() if gelu else 0.0)
+
+    h1, e_h1 = layer(xs, torch.zeros_like(xs), w1, b1)
+    phi, e_phi = layer(h1, e_h1, w2, b2)
+    p_abs = phi.abs() + e_phi
+    mean = phi @ w3 + b3
+    e_mean = e_phi @ w3.abs() + _gamma(h + 1) * (p_abs @ w3.abs() + b3.abs())
+    quad = ((phi @ z) * phi).sum(1).clamp_min(0)
+    qa = ((p_abs @ z.abs()) * p_abs).sum(1)
+    e_quad = 2 * ((e_phi @ z.abs()) * p_abs).sum(1) + _gamma(2 * h + 1) * qa
+    gamma = float(w.gamma)
+    bonus = gamma * quad.sqrt()
+    e_bonus = gamma * torch.minimum(e_quad.sqrt(), e_quad / quad.sqrt().clamp_min(1e-300)) + 2 * U32 * bonus
+    e_score = e_mean + e_bonus + U32 * (mean + bonus).abs()
+    return e_score, e_mean, e_bonus
