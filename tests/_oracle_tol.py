@@ -74,7 +74,8 @@ def assert_matches_oracle(got: torch.Tensor, batch: RolloutBatch, cfg: FeatureCo
     if bool(bad.any()):
         i, j = (int(v) for v in torch.nonzero(bad)[0])
         err = float((got[i, j].double() - want[i, j]).abs())
-        ulps = err / (math.ulp(float(want[i, j].float())) or 1.0)
+        w32 = want[i, j].float()
+        ulps = err / float((torch.nextafter(w32, torch.tensor(math.inf)) - w32).abs())
         raise AssertionError(f"{label}: {FEATURE_NAMES[j]} of rollout {i}: got {float(got[i, j])!r}, "
                              f"float64 oracle {float(want[i, j])!r} (error {err:.3g} = {ulps:.2f} float32 ulp, "
                              f"tolerance {float(tol[i, j]):.3g}); {int(bad.sum())} entries off")

@@ -218,3 +218,54 @@ def test_cuda_large_ragged_bf16():
     seed = _fresh_seed()
     b = synthetic_batch(512, (1, 16), 300, seed=seed, dtype=torch.bfloat16, device="cuda")
     assert_matches_oracle(rollout_features(b), b, label=f"large_bf16 seed={seed}")
+
+
+# ------------------------------------------------------ rollouts with 0 tokens
+def _with_lengths(lengths, group_sizes, seed, **kw) -> RolloutBatch:
+    """A batch built directly (validate() rejects 0-token rollouts unless the batch allows them)."""
+    g = torch.Generator().manual_seed(seed)
+    off = torch.zeros(len(lengths) + 1, dtype=torch.int64)
+    off[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int64), 0)
+    goff = torch.zeros(len(group_sizes) + 1, dtype=torch.int64)
+    goff[1:] = torch.cumsum(torch.tensor(group_sizes, dtype=torch.int64), 0)
+    t, n = int(off[-1]), len(lengths)
+    lp = -torch.rand(t, generator=g) * 4
+    return RolloutBatch(token_logprobs=lp, offsets=off, group_offsets=goff, reward=torch.rand(n, generator=g),
+                        token_entropy=torch.rand(t, generator=g), cur_logprobs=lp + 0.1 * torch.randn(t, generator=g),
+                        **kw)
+
+
+EMPTY = {
+    "first-last-and-consecutive": ([0, 5, 0, 0, 3, 7, 0], [3, 4]),
+    "a-group-of-empties": ([4, 2, 0, 0, 0, 6], [2, 3, 1]),
+    "all-empty": ([0, 0, 0], [1, 2]),
+    "one-empty": ([0], [1]),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("layout", list(EMPTY))
+@pytest.mark.parametrize("masked", [False, True], ids=["plain", "mask_nonfinite"])
+def test_length_zero_rollouts(layout, path, masked):
+    lengths, sizes = EMPTY[layout]
+    b = _with_lengths(lengths, sizes, seed=len(layout), mask_nonfinite=masked)
+    if masked and b.num_tokens:
+        b.token_logprobs[::3] = float("nan")
+    for max_len in (None, 16):
+        b.max_response_len = max_len
+        x = rollout_features(b, backend=path, validate=False)
+        empty = torch.tensor(lengths) == 0
+        token_stats = [F[n] for n in ("logp_mean", "logp_min", "logp_low_quantile", "entropy_mean",
+                                      "log_ratio_abs_mean", "log_ratio_abs_max", "length_frac")]
+        assert torch.equal(x[empty][:, token_stats], torch.zeros(int(empty.sum()), len(token_stats)))
+        assert_matches_oracle(x, b, label=f"{layout}/{path}/max_len={max_len}")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_batch_of_zero_rollouts(path):
+    z = torch.zeros(0)
+    b = RolloutBatch(token_logprobs=z, offsets=torch.zeros(1, dtype=torch.int64), reward=z,
+                     group_offsets=torch.zeros(1, dtype=torch.int64))
+    x = rollout_features(b, backend=path, validate=False)
+    assert x.shape == (0, NUM_FEATURES) and x.dtype == torch.float32
+    assert rollout_features_naive(b).shape == (0, NUM_FEATURES)
