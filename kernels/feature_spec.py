@@ -82,7 +82,7 @@ def group_reward_stats(batch: RolloutBatch, eps: float) -> tuple[torch.Tensor, t
     r = batch.reward.to(torch.float64)
     sizes = batch.group_sizes
     n = r.numel()
-    gidx = batch.group_index()
+    gidx = torch.repeat_interleave(torch.arange(sizes.numel(), device=r.device), sizes, output_size=n)
     pivot = r[batch.group_offsets[:-1].to(torch.int64)][gidx]
     d = r - pivot
     mean_d = torch.repeat_interleave(_segment_sum(d, sizes) / sizes, sizes, output_size=n)

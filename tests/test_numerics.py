@@ -138,7 +138,7 @@ def test_features_match_float64_oracle(shape, path):
     if small and shape in ("N257", "N1025"):
         pytest.skip("same as N7 at interpreter size")
     batch, validate = SHAPES[shape](torch.Generator().manual_seed(seed), small)
-    for q in (0.1, 0.65):
+    for q in (0.65,) if small else (0.1, 0.65):
         cfg = FeatureConfig(low_quantile=q)
         assert_matches_oracle(_features(batch, path, cfg, validate), batch, cfg, f"{shape}/{path} seed={seed} q={q}")
 
