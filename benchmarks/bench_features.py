@@ -1,5 +1,6 @@
-"""rollout_features alone: the CPU reference at 16,384 x 256 tokens; on CUDA the Triton kernel
-against the reference at 16,384 x 1,024, with achieved GB/s over the device's copy bandwidth.
+"""rollout_features alone: on the CPU the fast CPU backend and the PyTorch reference at 16,384 x 256
+tokens; on CUDA the Triton kernel against the reference at 16,384 x 1,024, with achieved GB/s over
+the device's copy bandwidth.
 
     .venv/bin/pytest benchmarks/bench_features.py   # -> benchmarks/results/features_<device>.json
 """
@@ -23,11 +24,13 @@ def _bytes_moved(b) -> int:
     return streams + per_rollout + n * NUM_FEATURES * 4
 
 
-@pytest.mark.parametrize("impl", ["reference", "triton"])
+@pytest.mark.parametrize("impl", ["cpu", "reference", "triton"])
 def test_features(benchmark, copy_bandwidth, impl):
     dev = device()
     if impl == "triton" and dev.type != "cuda":
         pytest.skip("the Triton kernel is benchmarked on CUDA only")
+    if impl == "cpu" and dev.type != "cpu":
+        pytest.skip("the CPU backend runs on CPU tensors only")
     n, mean_len = (16384, 256) if dev.type == "cpu" else (16384, 1024)
     b = synthetic_batch(n // GROUP, GROUP, mean_len, seed=0, device=dev)
 

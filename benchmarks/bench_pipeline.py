@@ -3,8 +3,8 @@
 Per shape (N rollouts x mean length tokens, ragged lengths uniform in [1, 2L - 1], groups of 8,
 k = 4 with keep-contrast, scorer H = 64 with a dense Zinv), three implementations in one run:
   triton  - `schedule(..., backend="triton")` on CUDA (3 launches + 1 nonzero); GPU only;
-  eager   - `schedule(..., backend="reference")`: the PyTorch reference (on CPU its numpy
-            single-pass reductions);
+  eager   - `schedule(..., backend="cpu")` on the CPU (the numpy single-pass feature
+            reductions), `backend="reference"` (the PyTorch reference) on CUDA;
   compile - torch.compile of the same reference pipeline (traces the torch formulation).
 All run with validate=False (a trusted producer: the checks sync the GPU and read every stream).
 GB/s counts the bytes the pipeline must move once: the token streams, offsets and per-rollout
@@ -57,7 +57,7 @@ def _bytes_moved(b, n_selected: int) -> int:
 
 
 def _pipeline(impl: str, b, w):
-    backend = "triton" if impl == "triton" else "reference"
+    backend = "triton" if impl == "triton" else ("cpu" if device().type == "cpu" else "reference")
 
     def run():
         return schedule(b, w, k=K, backend=backend, validate=False)

@@ -1,4 +1,5 @@
-"""Triton kernels, each with its vectorized PyTorch reference and a dispatcher."""
+"""Triton kernels, each with its vectorized PyTorch reference, a dispatcher over validation.BACKENDS
+and a plain oracle in kernels/naive.py (rollout_features also has a fast CPU backend)."""
 
 from rollout_bandits.kernels.group_topk import (
     global_topm,
@@ -14,6 +15,7 @@ from rollout_bandits.kernels.rollout_features import (
     NUM_FEATURES,
     FeatureConfig,
     rollout_features,
+    rollout_features_cpu,
     rollout_features_reference,
     rollout_features_triton,
 )
@@ -31,6 +33,7 @@ __all__ = [
     "NUM_FEATURES",
     "FeatureConfig",
     "rollout_features",
+    "rollout_features_cpu",
     "rollout_features_reference",
     "rollout_features_triton",
     "ScorerWeights",

@@ -1,7 +1,9 @@
 """group_topk: segmented top-k per prompt group with the keep-contrast rule, and a global top-m.
 
 Layout as in kernels/rollout_features.py: `@triton.jit` kernels, launchers,
-vectorized PyTorch references, dispatchers.
+vectorized PyTorch references, dispatchers; the plain one-group-at-a-time
+oracles that the tests hold both to are `group_topk_naive` / `global_topm_naive`
+in kernels/naive.py.
 
 Selection rules (the same in kernel and reference, and documented here once):
 - Order: higher score first; equal scores are broken by the lower index first.
@@ -34,15 +36,11 @@ that takes the ties at the threshold lowest index first.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
-
-def _shape(t: torch.Tensor) -> str:
-    return "[" + ", ".join(str(s) for s in t.shape) + "]"
+from rollout_bandits.validation import check_float, check_int, check_tensor, fail, shape_str, use_triton
 
 
 # --------------------------------------------------------------------- kernels
@@ -179,32 +177,22 @@ def _global_topm_kernel(p_s, p_out, N, M, BLOCK: tl.constexpr):
 
 # ------------------------------------------------------------ input checks
 def _check_scores(scores: torch.Tensor, who: str) -> None:
-    if not isinstance(scores, torch.Tensor):
-        raise ValueError(f"{who}: scores is a {type(scores).__name__}, expected a torch.Tensor [N]")
-    if scores.dim() != 1:
-        raise ValueError(f"{who}: scores has shape {_shape(scores)}, expected a 1-D tensor [N]")
+    check_tensor(who, "scores", scores, dim=1, kind="float", expected="a 1-D tensor [N]")
     if scores.numel() == 0:
-        raise ValueError(f"{who}: scores is empty (0 rollouts), expected at least one")
-    if not scores.dtype.is_floating_point:
-        raise ValueError(f"{who}: scores has dtype {scores.dtype}, expected a floating dtype")
+        fail(who, "scores", "an empty tensor (0 rollouts)", "at least one score")
     if bool(torch.isnan(scores).any()):
-        i = int(torch.nonzero(torch.isnan(scores))[0])
-        raise ValueError(f"{who}: scores holds NaN (first at index {i}), expected no NaN")
+        fail(who, "scores", f"NaN at index {int(torch.nonzero(torch.isnan(scores))[0])}", "no NaN")
 
 
 def _group_k(sizes: torch.Tensor, k: int | None, ratio: float | None) -> torch.Tensor:
     """k_g per group, int32 [G], in [1, n_g] (a k above n_g is clipped to n_g)."""
     if (k is None) == (ratio is None):
-        raise ValueError(f"group_topk: found k={k!r} and ratio={ratio!r}, expected exactly one of them")
+        fail("group_topk", "k", f"k={k!r} and ratio={ratio!r}", "exactly one of k and ratio")
     if k is not None:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"group_topk: k={k!r}, expected an int >= 1")
-        kg = sizes.clamp_max(k)
+        kg = sizes.clamp_max(check_int("group_topk", "k", k, lo=1))
     else:
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not (0.0 < ratio <= 1.0) \
-                or math.isnan(ratio):
-            raise ValueError(f"group_topk: ratio={ratio!r}, expected a float in (0, 1]")
-        kg = torch.ceil(sizes.to(torch.float64) * float(ratio) - 1e-9).to(torch.int64)
+        ratio = check_float("group_topk", "ratio", ratio, 0.0, 1.0, lo_open=True)
+        kg = torch.ceil(sizes.to(torch.float64) * ratio - 1e-9).to(torch.int64)
         kg = torch.minimum(kg.clamp_min(1), sizes)
     return kg.to(torch.int32)
 
@@ -213,31 +201,23 @@ def _check_groups(scores: torch.Tensor, group_offsets: torch.Tensor, rewards: to
                   check_values: bool = True) -> torch.Tensor:
     """Validate, return the group sizes (int64 [G])."""
     n = scores.numel()
-    go = group_offsets
-    if not isinstance(go, torch.Tensor):
-        raise ValueError(f"group_topk: group_offsets is a {type(go).__name__}, expected a torch.Tensor [G+1]")
-    if go.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"group_topk: group_offsets has dtype {go.dtype}, expected int32 or int64")
-    if go.dim() != 1 or go.numel() < 2:
-        raise ValueError(f"group_topk: group_offsets has shape {_shape(go)}, expected [G+1] with G >= 1")
-    if go.device != scores.device:
-        raise ValueError(f"group_topk: group_offsets is on {go.device}, expected {scores.device} (scores)")
+    go = check_tensor("group_topk", "group_offsets", group_offsets, dim=1, dtypes=(torch.int32, torch.int64),
+                      device=scores.device, expected="[G+1] with G >= 1")
+    if go.numel() < 2:
+        fail("group_topk", "group_offsets", f"shape {shape_str(go)}", "[G+1] with G >= 1")
     sizes = (go[1:] - go[:-1]).to(torch.int64)
     if check_values:
         if int(go[0]) != 0 or int(go[-1]) != n:
-            raise ValueError(f"group_topk: group_offsets runs from {int(go[0])} to {int(go[-1])}, "
-                             f"expected 0 to N={n}")
+            fail("group_topk", "group_offsets", f"first {int(go[0])} and last {int(go[-1])}", f"0 and N={n}")
         if bool((sizes <= 0).any()):
             g = int(torch.nonzero(sizes <= 0)[0])
-            raise ValueError(f"group_topk: group {g} has {int(sizes[g])} rollouts, expected at least one")
+            fail("group_topk", "group_offsets", f"group {g} with {int(sizes[g])} rollouts",
+                 "every group to hold at least one rollout")
     if rewards is not None:
-        if not isinstance(rewards, torch.Tensor) or rewards.shape != (n,):
-            found = _shape(rewards) if isinstance(rewards, torch.Tensor) else type(rewards).__name__
-            raise ValueError(f"group_topk: rewards has shape {found}, expected [{n}] (one per score)")
-        if rewards.device != scores.device:
-            raise ValueError(f"group_topk: rewards is on {rewards.device}, expected {scores.device}")
+        check_tensor("group_topk", "rewards", rewards, shape=(n,), device=scores.device,
+                     expected=f"[{n}] (one per score)")
         if check_values and bool(torch.isnan(rewards.float()).any()):
-            raise ValueError("group_topk: rewards holds NaN, expected finite rewards")
+            fail("group_topk", "rewards", "NaN", "finite rewards")
     return sizes
 
 
@@ -293,8 +273,7 @@ def _global_topm_launch(scores: torch.Tensor, m: int, block: int = 1024) -> torc
 
 
 def _check_m(m) -> None:
-    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-        raise ValueError(f"global_topm: m={m!r}, expected an int >= 1")
+    check_int("global_topm", "m", m, lo=1)
 
 
 def global_topm_triton(scores: torch.Tensor, m: int, *, validate: bool = True
@@ -358,17 +337,13 @@ def global_topm_reference(scores: torch.Tensor, m: int, *, validate: bool = True
 
 
 # ------------------------------------------------------------------ dispatchers
-def _use_triton(backend: str, t: torch.Tensor, who: str) -> bool:
-    if backend not in ("auto", "triton", "reference"):
-        raise ValueError(f"{who}: backend {backend!r}, expected auto, triton or reference")
-    return backend == "triton" or (backend == "auto" and isinstance(t, torch.Tensor) and t.device.type == "cuda")
-
-
 def group_topk(scores: torch.Tensor, group_offsets: torch.Tensor, *, k: int | None = None,
                ratio: float | None = None, rewards: torch.Tensor | None = None, keep_contrast: bool = True,
                backend: str = "auto", validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(indices int64 ascending, mask bool [N]) of the rollouts kept per group (rules: module doc)."""
-    fn = group_topk_triton if _use_triton(backend, scores, "group_topk") else group_topk_reference
+    """(indices int64 ascending, mask bool [N]) of the rollouts kept per group (rules: module doc).
+    backend: one of validation.BACKENDS ("cpu" is the vectorized reference)."""
+    dev = scores.device if isinstance(scores, torch.Tensor) else None
+    fn = group_topk_triton if use_triton(backend, dev, "group_topk") else group_topk_reference
     return fn(scores, group_offsets, k=k, ratio=ratio, rewards=rewards, keep_contrast=keep_contrast,
               validate=validate)
 
@@ -376,5 +351,6 @@ def group_topk(scores: torch.Tensor, group_offsets: torch.Tensor, *, k: int | No
 def global_topm(scores: torch.Tensor, m: int, *, backend: str = "auto", validate: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(indices int64 ascending, mask bool [N]) of the m best scores (all of them when m >= N)."""
-    fn = global_topm_triton if _use_triton(backend, scores, "global_topm") else global_topm_reference
+    dev = scores.device if isinstance(scores, torch.Tensor) else None
+    fn = global_topm_triton if use_triton(backend, dev, "global_topm") else global_topm_reference
     return fn(scores, m, validate=validate)

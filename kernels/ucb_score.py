@@ -5,11 +5,12 @@ D -> H -> H -> 1 and phi the output of its last hidden layer (after the
 activation). The diagonal variant uses bonus = gamma * sqrt(sum_h phi_h^2 *
 zinv_diag_h) (a diagonal approximation of the inverse design matrix).
 NeuralUCB with last-layer features is this project's reconstruction [ours]
-(PAPER.md); feature standardization is folded into w1/b1 by the learner, so
+(docs/method.md, section 5); feature standardization is folded into w1/b1 by the learner, so
 the kernel sees raw contexts.
 
 Layout as in kernels/rollout_features.py: `@triton.jit` kernel, launcher,
-vectorized PyTorch reference, dispatcher.
+vectorized PyTorch reference, dispatcher; the plain float64 oracle that the
+tests hold both to is `ucb_score_naive` in kernels/naive.py.
 
 Kernel: one program per tile of BLOCK_N rows; the weights are read in
 [BLOCK_H, BLOCK_K] column/row chunks (each chunk is at most 64 KiB in fp32, so
@@ -30,11 +31,9 @@ import torch
 import triton
 import triton.language as tl
 
+from rollout_bandits.validation import check_choice, check_float, check_tensor, fail, shape_str, use_triton
+
 ACTIVATIONS = ("relu", "gelu")
-
-
-def _shape(t: torch.Tensor) -> str:
-    return "[" + ", ".join(str(s) for s in t.shape) + "]"
 
 
 @dataclass
@@ -77,56 +76,34 @@ class ScorerWeights:
 
     def validate(self, num_features: int | None = None) -> ScorerWeights:
         """Raise ValueError naming the field, what was found and what was expected."""
-
-        def fail(name: str, found: str, expected: str) -> None:
-            raise ValueError(f"ScorerWeights.{name}: found {found}, expected {expected}")
-
-        for name in ("w1", "b1", "w2", "b2", "w3", "b3"):
-            v = getattr(self, name)
-            if not isinstance(v, torch.Tensor):
-                fail(name, type(v).__name__, "a torch.Tensor")
-        for name in ("zinv", "zinv_diag"):
-            v = getattr(self, name)
-            if v is not None and not isinstance(v, torch.Tensor):
-                fail(name, type(v).__name__, "a torch.Tensor or None")
+        o = "ScorerWeights"
+        for name in ("w1", "b1", "w2", "b2", "w3", "b3", "zinv", "zinv_diag"):
+            check_tensor(o, name, getattr(self, name), kind="float", allow_none=name.startswith("zinv"))
         if self.w1.dim() != 2 or self.w1.shape[0] < 1 or self.w1.shape[1] < 1:
-            fail("w1", f"shape {_shape(self.w1)}", "a 2-D tensor [D, H] with D, H >= 1")
+            fail(o, "w1", f"shape {shape_str(self.w1)}", "a 2-D tensor [D, H] with D, H >= 1")
         d, h = self.w1.shape
         if num_features is not None and d != num_features:
-            fail("w1", f"shape {_shape(self.w1)}", f"[{num_features}, H] (D = the context width {num_features})")
-        expected = {"b1": (h,), "w2": (h, h), "b2": (h,), "w3": (h,), "b3": ()}
-        for name, shp in expected.items():
-            v = getattr(self, name)
-            if tuple(v.shape) != shp:
-                want = "a 0-d tensor" if not shp else "[" + ", ".join(map(str, shp)) + "]"
-                fail(name, f"shape {_shape(v)}", f"{want} (H = {h} from w1)")
+            fail(o, "w1", f"shape {shape_str(self.w1)}", f"[{num_features}, H] (D = the context width {num_features})")
+        for name, shp in {"b1": (h,), "w2": (h, h), "b2": (h,), "w3": (h,), "b3": ()}.items():
+            want = "a 0-d tensor" if not shp else "[" + ", ".join(map(str, shp)) + "]"
+            check_tensor(o, name, getattr(self, name), shape=shp, expected=f"{want} (H = {h} from w1)")
         if (self.zinv is None) == (self.zinv_diag is None):
-            fail("zinv", "both zinv and zinv_diag" if self.zinv is not None else "neither zinv nor zinv_diag",
+            fail(o, "zinv", "both zinv and zinv_diag" if self.zinv is not None else "neither zinv nor zinv_diag",
                  "exactly one of them")
         if self.zinv is not None:
             z = self.zinv
             if z.dim() != 2 or z.shape[0] != z.shape[1]:
-                fail("zinv", f"shape {_shape(z)}", f"a square matrix [{h}, {h}]")
-            if z.shape[0] != h:
-                fail("zinv", f"shape {_shape(z)}", f"[{h}, {h}] (H = {h} from w1)")
-        if self.zinv_diag is not None and tuple(self.zinv_diag.shape) != (h,):
-            fail("zinv_diag", f"shape {_shape(self.zinv_diag)}", f"[{h}] (H = {h} from w1)")
-        dev = self.w1.device
-        for name in ("w1", "b1", "w2", "b2", "w3", "b3", "zinv", "zinv_diag"):
+                fail(o, "zinv", f"shape {shape_str(z)}", f"a square matrix [{h}, {h}]")
+            check_tensor(o, "zinv", z, shape=(h, h), expected=f"[{h}, {h}] (H = {h} from w1)")
+        check_tensor(o, "zinv_diag", self.zinv_diag, shape=(h,), expected=f"[{h}] (H = {h} from w1)",
+                     allow_none=True)
+        for name in ("b1", "w2", "b2", "w3", "b3", "zinv", "zinv_diag"):
             v = getattr(self, name)
-            if v is None:
-                continue
-            if not v.dtype.is_floating_point:
-                fail(name, f"dtype {v.dtype}", "a floating dtype")
-            if v.device != dev:
-                fail(name, f"device {v.device}", f"device {dev} (the device of w1)")
-        g = self.gamma
-        if isinstance(g, torch.Tensor):
-            g = float(g)
-        if not isinstance(g, (int, float)) or isinstance(g, bool) or not math.isfinite(g) or g < 0:
-            fail("gamma", repr(self.gamma), "a finite float >= 0")
-        if self.activation not in ACTIVATIONS:
-            fail("activation", repr(self.activation), "'relu' or 'gelu'")
+            if v is not None and v.device != self.w1.device:
+                fail(o, name, f"device {v.device}", f"device {self.w1.device} (the device of w1)")
+        g = float(self.gamma) if isinstance(self.gamma, torch.Tensor) else self.gamma
+        check_float(o, "gamma", g)
+        check_choice(o, "activation", self.activation, ACTIVATIONS)
         return self
 
     def to(self, device: torch.device | str) -> ScorerWeights:
@@ -239,17 +216,12 @@ def _ucb_score_kernel(
 
 
 def _check_inputs(x: torch.Tensor, weights: ScorerWeights) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"ucb_score: x is a {type(x).__name__}, expected a torch.Tensor [N, D]")
-    if x.dim() != 2:
-        raise ValueError(f"ucb_score: x has shape {_shape(x)}, expected a 2-D tensor [N, D]")
+    check_tensor("ucb_score", "x", x, dim=2, kind="float", expected="a 2-D tensor [N, D]")
     if x.shape[0] == 0:
-        raise ValueError("ucb_score: x has 0 rows (an empty batch), expected at least one context")
-    if not x.dtype.is_floating_point:
-        raise ValueError(f"ucb_score: x has dtype {x.dtype}, expected a floating dtype")
+        fail("ucb_score", "x", "0 rows (an empty batch)", "at least one context")
     weights.validate(num_features=int(x.shape[1]))
     if x.device != weights.device:
-        raise ValueError(f"ucb_score: x is on {x.device} but the weights on {weights.device}")
+        fail("ucb_score", "x", f"device {x.device}", f"the device of the weights, {weights.device}")
 
 
 def ucb_score_triton(x: torch.Tensor, weights: ScorerWeights, *, validate: bool = True,
@@ -312,10 +284,8 @@ def ucb_score_reference(x: torch.Tensor, weights: ScorerWeights, *, validate: bo
 
 def ucb_score(x: torch.Tensor, weights: ScorerWeights, *, backend: str = "auto", validate: bool = True
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(score, mean, bonus), each [N] float32. backend: auto | triton | reference."""
-    if backend not in ("auto", "triton", "reference"):
-        raise ValueError(f"ucb_score: backend {backend!r}, expected auto, triton or reference")
-    use_triton = backend == "triton" or (backend == "auto" and isinstance(x, torch.Tensor)
-                                         and x.device.type == "cuda")
-    fn = ucb_score_triton if use_triton else ucb_score_reference
+    """(score, mean, bonus), each [N] float32. backend: one of validation.BACKENDS ("cpu" is the
+    vectorized reference)."""
+    dev = x.device if isinstance(x, torch.Tensor) else None
+    fn = ucb_score_triton if use_triton(backend, dev, "ucb_score") else ucb_score_reference
     return fn(x, weights, validate=validate)

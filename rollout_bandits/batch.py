@@ -202,6 +202,8 @@ class RolloutBatch:
                                                right=True)) - 1
                     fail(_O, name, f"{s[t].item()} at token {t} (rollout {r})",
                          "finite values (or mask_nonfinite=True to exclude them)")
+        if check_values:
+            self._check_magnitudes()
         return self
 
     def _check_settings(self) -> None:
@@ -270,6 +272,25 @@ class RolloutBatch:
             fail(_O, "clip_ratio", "a value above 1", "a fraction in [0, 1]")
         check_tensor(_O, "truncated", self.truncated, shape=(n,), kind="bool", allow_none=True,
                      expected=f"[{n}] (one per rollout)")
+
+    def _check_magnitudes(self) -> None:
+        """Finite values beyond `validation.MAX_MAGNITUDE` are an error naming this input field:
+        the features are float32 and the scorer squares them, so such a value (a -3e38 log-prob,
+        a 1e20 reward) would otherwise surface far away, as an inf or NaN score."""
+        from rollout_bandits.validation import check_magnitude
+
+        off = self.offsets.to(torch.int64)
+
+        def token(t: int) -> str:
+            r = int(torch.searchsorted(off, torch.tensor(t, device=off.device), right=True)) - 1
+            return f"at token {t} (rollout {r})"
+
+        for name in ("token_logprobs", "token_entropy", "cur_logprobs"):
+            if getattr(self, name) is not None:
+                check_magnitude("RolloutBatch", name, getattr(self, name), where=token)
+        for name in ("reward", "age", "reuse_count"):
+            if getattr(self, name) is not None:
+                check_magnitude("RolloutBatch", name, getattr(self, name), where=lambda i: f"at rollout {i}")
 
     # -------------------------------------------------------- conversions
     @classmethod

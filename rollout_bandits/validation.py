@@ -9,7 +9,7 @@ value of the wrong type (the string "false" for a bool, 5 for a path) is
 rejected before any range check, and before anything touches the disk; then
 they check ranges with the `check_*` helpers below. Tensors are checked with
 `check_tensor`. The compute backend of every kernel is chosen by
-`use_triton`, the one selector.
+`resolve_backend` (`use_triton` for a yes/no), the one selector.
 """
 
 from __future__ import annotations
@@ -22,7 +22,16 @@ from typing import Any, NoReturn
 
 import torch
 
-BACKENDS = ("auto", "triton", "reference")
+# auto: Triton on CUDA tensors, the fast CPU path on CPU tensors, the PyTorch reference elsewhere.
+# triton: the Triton kernels (the interpreter under TRITON_INTERPRET=1). reference: the vectorized
+# PyTorch formulation on any device (what torch.compile traces). cpu: the fastest CPU implementation
+# (numpy reductions for rollout_features, the PyTorch reference for the other kernels).
+BACKENDS = ("auto", "triton", "reference", "cpu")
+
+# Largest |value| a RolloutBatch may hold (see `RolloutBatch._check_magnitudes`): the contexts are
+# float32 and the scorer squares them (the exploration bonus is a quadratic form), so a value
+# within a few orders of sqrt(float32 max) ~ 1.8e19 surfaces later as an inf or NaN score.
+MAX_MAGNITUDE = 1e15
 
 
 def fail(owner: str, field: str, found: str, expected: str) -> NoReturn:
@@ -210,12 +219,40 @@ def check_finite(owner: str, name: str, value: torch.Tensor, expected: str = "fi
     return value
 
 
+def check_magnitude(owner: str, name: str, value: torch.Tensor, limit: float = MAX_MAGNITUDE, *,
+                    where=None) -> torch.Tensor:
+    """Finite entries have |x| <= limit (non-finite ones are left to the finiteness checks).
+    `where(i)` words the position of flat entry i (default "at position i"). Reads the tensor."""
+    if value.numel() == 0:
+        return value
+    v = value.reshape(-1)
+    if v.dtype in (torch.float16, torch.bfloat16):
+        v = v.float()  # compare against the limit exactly, not rounded to a half type
+    big = torch.isfinite(v) & (v.abs() > limit)
+    if bool(big.any()):
+        i = int(torch.nonzero(big)[0])
+        fail(owner, name, f"{v[i].item():.6g} {where(i) if where else f'at position {i}'}",
+             f"|values| <= {limit:g} (contexts are float32 and the scorer squares them)")
+    return value
+
+
 # ------------------------------------------------------------------- backend
-def use_triton(backend: str, device: torch.device | str | None, owner: str) -> bool:
-    """The one backend selector: 'triton', or 'auto' on a CUDA device, runs the Triton kernel;
-    'reference', or 'auto' elsewhere, the PyTorch path."""
-    if backend not in BACKENDS:
+def resolve_backend(backend: str, device: torch.device | str | None, owner: str) -> str:
+    """The one backend selector: 'triton', 'reference' or 'cpu' for a backend name of BACKENDS
+    ('auto': Triton on CUDA, 'cpu' on the CPU, 'reference' on other devices). 'cpu' needs CPU
+    tensors."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
         fail(owner, "backend", describe(backend), " | ".join(BACKENDS))
+    dev = torch.device(device) if device is not None else None
     if backend == "auto":
-        return device is not None and torch.device(device).type == "cuda"
-    return backend == "triton"
+        if dev is None:
+            return "reference"
+        return {"cuda": "triton", "cpu": "cpu"}.get(dev.type, "reference")
+    if backend == "cpu" and dev is not None and dev.type != "cpu":
+        fail(owner, "backend", f"'cpu' with tensors on {dev}", "auto, triton or reference for non-CPU tensors")
+    return backend
+
+
+def use_triton(backend: str, device: torch.device | str | None, owner: str) -> bool:
+    """Whether `resolve_backend` picks the Triton kernels."""
+    return resolve_backend(backend, device, owner) == "triton"

@@ -17,11 +17,6 @@ from rollout_bandits import RolloutBatch
 from rollout_bandits.bandit import BufferConfig, NeuralUCBConfig, Scheduler, SchedulerConfig
 from rollout_bandits.bandit.ee_net import EENetConfig
 
-# Length-0 rollouts with cur_logprobs, or a batch of only length-0 rollouts, need the kernels
-# to handle length 0 on every path (issue 10; the kernels' branch). Until then the fuzz keeps
-# empty rollouts to the cases the reference path already handles.
-KERNELS_HANDLE_EMPTY_ROLLOUTS = False
-
 WORDING = re.compile(r"^[A-Za-z_][\w.]*(\[[^\]]*\])?(\.\w+)*: found .*, expected ", re.S)
 FUZZ = settings(max_examples=120, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -44,9 +39,6 @@ def batch_kwargs(draw, feature_ok=True):
     allow_empty = draw(st.booleans())
     lengths = draw(st.lists(st.integers(0 if allow_empty else 1, 5), min_size=n, max_size=n))
     with_cur = draw(st.booleans())
-    if allow_empty and not KERNELS_HANDLE_EMPTY_ROLLOUTS:
-        with_cur = False
-        lengths[0] = max(lengths[0], 1)
     t = sum(lengths)
     dtype = draw(st.sampled_from([torch.float32, torch.float32, torch.bfloat16, torch.float16]))
     special = draw(st.integers(0, 3)) == 0

@@ -1,7 +1,9 @@
-"""rollout_features: the reference against hand-computed values, the Triton kernel against the reference.
+"""rollout_features: the float64 oracle against hand-computed values, every path against the oracle.
 
-Parity shapes are drawn fresh each run (the seed is in the failure message);
-on the CPU the kernel runs in the Triton interpreter, so shapes stay small.
+Paths: the Triton kernel (the interpreter on the CPU, so shapes stay small), the fast CPU backend
+and the vectorized PyTorch reference. Shapes are drawn fresh each run (the seed is in the failure
+message); tolerances come from float32's rounding (tests/_oracle_tol.py). The adversarial shapes of
+issue 17 are in tests/test_numerics.py.
 """
 
 import importlib
@@ -10,6 +12,7 @@ import random
 
 import pytest
 import torch
+from _oracle_tol import assert_matches_oracle
 
 from rollout_bandits import RolloutBatch
 from rollout_bandits.kernels import (
@@ -18,14 +21,20 @@ from rollout_bandits.kernels import (
     NUM_FEATURES,
     FeatureConfig,
     rollout_features,
+    rollout_features_cpu,
     rollout_features_reference,
     rollout_features_triton,
 )
+from rollout_bandits.kernels.naive import rollout_features_naive
 from rollout_bandits.synthetic import synthetic_batch
+from rollout_bandits.validation import resolve_backend
 
 F = FEATURE_INDEX
 # The package re-exports the function under the module's name: fetch the module itself.
 rf_module = importlib.import_module("rollout_bandits.kernels.rollout_features")
+PATHS = ["cpu", "reference", "triton"]
+IMPLS = {"naive": lambda b, cfg=None: rollout_features_naive(b, cfg).float(), "cpu": rollout_features_cpu,
+         "reference": rollout_features_reference, "triton": rollout_features_triton}
 
 
 def test_feature_names_cover_the_papers_seven():
@@ -34,7 +43,8 @@ def test_feature_names_cover_the_papers_seven():
     assert NUM_FEATURES == len(set(FEATURE_NAMES))
 
 
-def test_reference_matches_hand_computed_values():
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_hand_computed_values(impl):
     lp = torch.tensor([-1.0, -3.0, -2.0, -0.5, -4.0, -0.1, -0.2, -0.3, -0.4, -0.6, -0.7, -0.8])
     b = RolloutBatch(
         token_logprobs=lp,
@@ -49,7 +59,7 @@ def test_reference_matches_hand_computed_values():
         clip_ratio=torch.tensor([0.0, 0.25, 0.5]),
         max_response_len=8,
     )
-    x = rollout_features_reference(b, FeatureConfig(low_quantile=0.5))
+    x = IMPLS[impl](b, FeatureConfig(low_quantile=0.5))
     assert x.shape == (3, NUM_FEATURES) and x.dtype == torch.float32
     torch.testing.assert_close(x[:, F["reward"]], torch.tensor([1.0, 0.0, 1.0]))
     torch.testing.assert_close(x[:, F["group_reward_mean"]], torch.tensor([0.5, 0.5, 1.0]))
@@ -70,38 +80,48 @@ def test_reference_matches_hand_computed_values():
     torch.testing.assert_close(x[:, F["clip_ratio"]], torch.tensor([0.0, 0.25, 0.5]))
 
 
-def test_quantile_is_the_nearest_rank_definition():
+@pytest.mark.parametrize("path", PATHS)
+def test_quantile_is_the_nearest_rank_definition(path):
     b = synthetic_batch(3, (1, 6), 30, seed=11)
     for q in (0.0, 0.1, 0.37, 1.0):
-        x = rollout_features_reference(b, FeatureConfig(low_quantile=q))
+        x = rollout_features(b, FeatureConfig(low_quantile=q), backend=path)
         for i in range(b.num_rollouts):
             s, e = int(b.offsets[i]), int(b.offsets[i + 1])
             row = b.token_logprobs[s:e].sort().values
             assert x[i, F["logp_low_quantile"]] == row[math.floor(q * (e - s - 1))]
 
 
-def test_missing_optional_streams_give_zero_features():
+@pytest.mark.parametrize("path", PATHS)
+def test_missing_optional_streams_give_zero_features(path):
     b = synthetic_batch(2, 3, 5, seed=0, with_entropy=False, with_cur=False)
-    x = rollout_features_reference(b)
+    x = rollout_features(b, backend=path)
     for name in ("entropy_mean", "log_ratio_abs_mean", "log_ratio_abs_max"):
         assert bool((x[:, F[name]] == 0).all())
 
 
-def test_masked_nonfinite_tokens_are_left_out():
+@pytest.mark.parametrize("path", PATHS)
+def test_masked_nonfinite_tokens_are_left_out(path):
     lp = torch.tensor([-1.0, float("nan"), -3.0, float("-inf"), float("nan")])
     b = RolloutBatch(token_logprobs=lp, offsets=torch.tensor([0, 3, 5]), reward=torch.zeros(2),
                      group_offsets=torch.tensor([0, 2]), mask_nonfinite=True)
-    x = rollout_features_reference(b)
+    x = rollout_features(b, backend=path)
     assert x[0, F["logp_mean"]] == -2.0 and x[0, F["logp_min"]] == -3.0
     assert x[1, F["logp_mean"]] == 0.0 and x[1, F["logp_min"]] == 0.0  # no finite token
     with pytest.raises(ValueError, match="mask_nonfinite"):
-        rollout_features_reference(RolloutBatch(token_logprobs=lp, offsets=torch.tensor([0, 3, 5]),
-                                                reward=torch.zeros(2), group_offsets=torch.tensor([0, 2])))
+        rollout_features(RolloutBatch(token_logprobs=lp, offsets=torch.tensor([0, 3, 5]), reward=torch.zeros(2),
+                                      group_offsets=torch.tensor([0, 2])), backend=path)
 
 
-def test_dispatcher_rejects_unknown_backend():
-    with pytest.raises(ValueError, match="backend"):
-        rollout_features(synthetic_batch(1, 2, 3), backend="cuda-graph")
+def test_backend_selection():
+    b = synthetic_batch(2, 3, 5, seed=0)
+    assert torch.equal(rollout_features(b), rollout_features_cpu(b))  # auto on CPU tensors: the CPU backend
+    assert resolve_backend("auto", "cpu", "x") == "cpu"
+    assert resolve_backend("auto", "cuda:0", "x") == "triton"
+    assert resolve_backend("auto", "meta", "x") == "reference"
+    with pytest.raises(ValueError, match=r"rollout_features\.backend: found 'cuda-graph', expected auto \| triton"):
+        rollout_features(b, backend="cuda-graph")
+    with pytest.raises(ValueError, match=r"x\.backend: found 'cpu' with tensors on cuda:0, expected"):
+        resolve_backend("cpu", "cuda:0", "x")
 
 
 def test_feature_config_validation():
@@ -165,19 +185,14 @@ KINDS = ["ragged", "length_one", "group_of_one", "very_unequal", "bf16", "fp16",
          "int32_offsets_no_cur", "masked_nonfinite"]
 
 
-def _assert_parity(got: torch.Tensor, want: torch.Tensor, seed: int, kind: str) -> None:
-    assert got.shape == want.shape and got.dtype == torch.float32
-    assert bool(torch.isfinite(got).all()), f"kernel left unwritten (NaN) outputs, seed={seed} kind={kind}"
-    for j, name in enumerate(FEATURE_NAMES):
-        torch.testing.assert_close(got[:, j].cpu(), want[:, j].cpu(), rtol=1e-5, atol=1e-5,
-                                   msg=lambda m, n=name: f"{n} (seed={seed}, kind={kind}): {m}")
-
-
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("kind", KINDS, ids=KINDS)
-def test_triton_matches_reference_interpreted(kind):
+def test_paths_match_oracle(kind, path):
     seed = _fresh_seed()
     b = _random_batch(kind, seed)
-    _assert_parity(rollout_features_triton(b), rollout_features_reference(b), seed, kind)
+    got = rollout_features(b, backend=path)
+    assert bool(torch.isfinite(got).all()), f"unwritten (NaN) outputs, seed={seed} kind={kind}"
+    assert_matches_oracle(got, b, label=f"{kind}/{path} seed={seed}")
 
 
 def test_triton_multi_chunk_quantile(monkeypatch):
@@ -187,19 +202,70 @@ def test_triton_multi_chunk_quantile(monkeypatch):
     b = _random_batch("very_unequal", seed)
     for q in (0.1, 0.9):
         cfg = FeatureConfig(low_quantile=q)
-        _assert_parity(rollout_features_triton(b, cfg), rollout_features_reference(b, cfg), seed, "multi_chunk")
+        assert_matches_oracle(rollout_features_triton(b, cfg), b, cfg, f"multi_chunk seed={seed} q={q}")
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", KINDS, ids=KINDS)
-def test_triton_matches_reference_cuda(kind):
+def test_cuda_matches_oracle(kind):
     seed = _fresh_seed()
     b = _random_batch(kind, seed, device="cuda")
-    _assert_parity(rollout_features(b), rollout_features_reference(b), seed, kind)
+    assert_matches_oracle(rollout_features(b), b, label=f"{kind}/cuda seed={seed}")
 
 
 @pytest.mark.gpu
-def test_cuda_large_ragged_parity():
+def test_cuda_large_ragged_bf16():
     seed = _fresh_seed()
     b = synthetic_batch(512, (1, 16), 300, seed=seed, dtype=torch.bfloat16, device="cuda")
-    _assert_parity(rollout_features(b), rollout_features_reference(b), seed, "large_bf16")
+    assert_matches_oracle(rollout_features(b), b, label=f"large_bf16 seed={seed}")
+
+
+# ------------------------------------------------------ rollouts with 0 tokens
+def _with_lengths(lengths, group_sizes, seed, **kw) -> RolloutBatch:
+    """A batch built directly (validate() rejects 0-token rollouts unless the batch allows them)."""
+    g = torch.Generator().manual_seed(seed)
+    off = torch.zeros(len(lengths) + 1, dtype=torch.int64)
+    off[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int64), 0)
+    goff = torch.zeros(len(group_sizes) + 1, dtype=torch.int64)
+    goff[1:] = torch.cumsum(torch.tensor(group_sizes, dtype=torch.int64), 0)
+    t, n = int(off[-1]), len(lengths)
+    lp = -torch.rand(t, generator=g) * 4
+    return RolloutBatch(token_logprobs=lp, offsets=off, group_offsets=goff, reward=torch.rand(n, generator=g),
+                        token_entropy=torch.rand(t, generator=g), cur_logprobs=lp + 0.1 * torch.randn(t, generator=g),
+                        **kw)
+
+
+EMPTY = {
+    "first-last-and-consecutive": ([0, 5, 0, 0, 3, 7, 0], [3, 4]),
+    "a-group-of-empties": ([4, 2, 0, 0, 0, 6], [2, 3, 1]),
+    "all-empty": ([0, 0, 0], [1, 2]),
+    "one-empty": ([0], [1]),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("layout", list(EMPTY))
+@pytest.mark.parametrize("masked", [False, True], ids=["plain", "mask_nonfinite"])
+def test_length_zero_rollouts(layout, path, masked):
+    lengths, sizes = EMPTY[layout]
+    b = _with_lengths(lengths, sizes, seed=len(layout), mask_nonfinite=masked)
+    if masked and b.num_tokens:
+        b.token_logprobs[::3] = float("nan")
+    for max_len in (None, 16):
+        b.max_response_len = max_len
+        x = rollout_features(b, backend=path, validate=False)
+        empty = torch.tensor(lengths) == 0
+        token_stats = [F[n] for n in ("logp_mean", "logp_min", "logp_low_quantile", "entropy_mean",
+                                      "log_ratio_abs_mean", "log_ratio_abs_max", "length_frac")]
+        assert torch.equal(x[empty][:, token_stats], torch.zeros(int(empty.sum()), len(token_stats)))
+        assert_matches_oracle(x, b, label=f"{layout}/{path}/max_len={max_len}")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_batch_of_zero_rollouts(path):
+    z = torch.zeros(0)
+    b = RolloutBatch(token_logprobs=z, offsets=torch.zeros(1, dtype=torch.int64), reward=z,
+                     group_offsets=torch.zeros(1, dtype=torch.int64))
+    x = rollout_features(b, backend=path, validate=False)
+    assert x.shape == (0, NUM_FEATURES) and x.dtype == torch.float32
+    assert rollout_features_naive(b).shape == (0, NUM_FEATURES)

@@ -113,7 +113,7 @@ def test_zero_token_rollouts_when_the_batch_opts_in():
     assert b.lengths[[1, 5]].tolist() == [0, 0]
     with pytest.raises(ValueError, match="RolloutBatch.offsets: found rollout 1 with 0 tokens"):
         RolloutBatch(**{**b.__dict__, "allow_empty_rollouts": False}).validate()
-    ctx = rollout_features_reference(b.validate())  # the reference path (the kernels' own tests hold the rest)
+    ctx = rollout_features_reference(b.validate())
     assert bool(torch.isfinite(ctx).all())
     for name in ("logp_mean", "logp_min", "entropy_mean", "length_frac"):
         assert ctx[[1, 5], FEATURE_INDEX[name]].tolist() == [0.0, 0.0]
@@ -127,16 +127,23 @@ def test_zero_token_rollouts_when_the_batch_opts_in():
     assert s.stats()["buffer_size"] > 0
 
 
-@pytest.mark.xfail(strict=True, reason="needs the kernels to handle length-0 rollouts with cur_logprobs and "
-                                       "batches of only length-0 rollouts (issue 10; the kernels' branch)")
-def test_zero_token_rollouts_on_every_feature_path():
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_zero_token_rollouts_on_every_feature_path(backend):
+    """With current log-probs too, and a batch whose every rollout is empty."""
     b = _with_empty_rollouts(0)
     b.cur_logprobs = b.token_logprobs + 0.1
-    Scheduler(SchedulerConfig(backend="reference")).select(b)
     empty = RolloutBatch(token_logprobs=torch.zeros(0), offsets=torch.zeros(3, dtype=torch.int64),
                          reward=torch.tensor([1.0, 0.0]), group_offsets=torch.tensor([0, 2]),
-                         allow_empty_rollouts=True)
-    Scheduler(SchedulerConfig(backend="reference")).select(empty)
+                         token_entropy=torch.zeros(0), cur_logprobs=torch.zeros(0),
+                         token_ids=torch.zeros(0, dtype=torch.int64), allow_empty_rollouts=True)
+    s = Scheduler(SchedulerConfig(reuse_m=4, backend=backend))
+    for batch in (b, empty, b):
+        step = s.select(batch)
+        assert bool(torch.isfinite(step.fresh.contexts).all()) and bool(torch.isfinite(step.fresh.scores).all())
+        assert step.train_batch.validate().num_rollouts == step.num_selected > 0
+        arms = s.observe_step(step, step.default_logp_before() + 0.01)
+        assert bool(torch.isfinite(arms.gains).all())
+    assert step.num_reused == 4
 
 
 @pytest.mark.parametrize("option", ["zero", "group_min"])
