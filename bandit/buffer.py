@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from rollout_bandits.bandit.gains import group_advantage
+from rollout_bandits.bandit.gains import group_centered_reward
 from rollout_bandits.batch import RolloutBatch
 from rollout_bandits.kernels.rollout_features import FEATURE_INDEX, NUM_FEATURES
 from rollout_bandits.validation import check_choice, check_field_types, check_float, check_int, fail
@@ -281,8 +281,7 @@ class RolloutBuffer:
             fail("RolloutBuffer", "prompt_tokens", f"{len(prompt_tokens)} entries", f"{n} (one per rollout)")
         self.check_insertable(batch)
         if advantage_centered is None:
-            advantage_centered = group_advantage(batch.reward.detach().cpu(), batch.group_offsets.cpu(),
-                                                 normalize_std=False)
+            advantage_centered = group_centered_reward(batch)
         if not self.arena:
             self._init_streams(batch)
         lengths = batch.lengths.cpu()

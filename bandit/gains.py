@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from rollout_bandits.batch import RolloutBatch, group_index
+from rollout_bandits.kernels.feature_spec import group_reward_stats
 from rollout_bandits.validation import check_bool, check_tensor, fail, shape_str
 
 GAIN_SIGNALS = ("batch", "self", "heldout", "probe", "auto")
@@ -128,18 +129,17 @@ class ArmGains:
 
 
 # ---------------------------------------------------------------- helpers
-def group_advantage(reward: torch.Tensor, group_offsets: torch.Tensor, eps: float = 1e-6, *,
-                    normalize_std: bool = True) -> torch.Tensor:
-    """GRPO's (r - group mean) / (group std + eps), population std, float64 arithmetic; or, with
-    `normalize_std=False`, Dr.GRPO's r - group mean in float32 arithmetic, so that it equals
-    r minus the `group_reward_mean` feature of kernels/rollout_features.py."""
+def group_centered_reward(batch: RolloutBatch) -> torch.Tensor:
+    """Dr.GRPO's advantage r - group mean, [N] float32 on the CPU: the reward minus its
+    `group_reward_mean` feature, computed as the features compute it."""
+    mean = group_reward_stats(batch, 0.0)[0].detach().cpu()  # reads the rewards and groups only
+    return batch.reward.detach().cpu().float() - mean.float()
+
+
+def group_advantage(reward: torch.Tensor, group_offsets: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO's (r - group mean) / (group std + eps), population std."""
     gidx = group_index(group_offsets)
     g = group_offsets.numel() - 1
-    if not normalize_std:
-        r = reward.float()
-        sizes = (group_offsets[1:] - group_offsets[:-1]).to(torch.int64)
-        mean = torch.segment_reduce(r, "sum", lengths=sizes, unsafe=True) / sizes.float()
-        return r - torch.repeat_interleave(mean, sizes, output_size=r.numel())
     r = reward.double()
     cnt = torch.zeros(g, dtype=torch.float64).index_add_(0, gidx, torch.ones_like(r))
     mean = torch.zeros(g, dtype=torch.float64).index_add_(0, gidx, r) / cnt

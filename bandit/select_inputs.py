@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rollout_bandits.bandit.gains import group_advantage
+from rollout_bandits.bandit.gains import group_advantage, group_centered_reward
 from rollout_bandits.batch import RolloutBatch
 from rollout_bandits.validation import check_tensor, describe, fail, shape_str
 
@@ -60,7 +60,7 @@ def advantages(advantage, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tens
     """(advantage, centered advantage) [N]: GRPO's and Dr.GRPO's, or the trainer's own twice."""
     r, go = batch.reward.detach().cpu(), batch.group_offsets.cpu()
     if advantage is None:
-        return group_advantage(r, go), group_advantage(r, go, normalize_std=False)
+        return group_advantage(r, go), group_centered_reward(batch)
     n = batch.num_rollouts
     a = check_tensor(_SEL, "advantage", advantage, shape=(n,), kind="float", expected=f"[{n}] (one per rollout)")
     a = a.detach().to("cpu", torch.float32)

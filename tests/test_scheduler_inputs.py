@@ -43,6 +43,7 @@ def test_the_default_advantages_are_grpos_and_dr_grpos():
     full = {}
     for t in range(3):
         b = _batch(t)
+        b.reward = torch.randn(b.num_rollouts, generator=torch.Generator().manual_seed(t)) * 3.7  # inexact sums
         step = s.select(b)
         ids = step.fresh_arm_ids.tolist()
         norm = group_advantage(b.reward, b.group_offsets)
