@@ -58,7 +58,7 @@ def test_resume_makes_the_same_decisions(tmp_path):
     straight = train(tiny(tmp_path / "a", steps=4), progress=False)
     first = train(tiny(tmp_path / "b", steps=4), progress=False, stop_after=2)
     assert first.interrupted and len(first.metrics) == 2
-    resumed = train(tiny(tmp_path / "b"), resume=True, progress=False)  # the stored config: 4 steps
+    resumed = train(tiny(tmp_path / "b", steps=4), resume=True, progress=False)
     assert [m["step"] for m in resumed.metrics] == [1, 2, 3, 4]
     for a, b in zip(straight.metrics, resumed.metrics):
         for key in DECISIONS:
@@ -106,12 +106,12 @@ def _cli(*args, cwd):
     (["--steps", "0"], "TrainConfig.steps"),
     (["--steps", "three"], "--steps"),
     (["--loss.name", "ppo"], "LossConfig.name"),
-    (["--policy.model_path", "/nonexistent/model"], "PolicyConfig.model_path"),
-    (["--config", "/nonexistent.json"], "--config"),
-    (["--resume", "--out_dir", "nowhere"], "does not exist"),
+    (["--policy.model-path", "/nonexistent/model"], "PolicyConfig.model_path"),
+    (["--config", "/nonexistent.json"], "config.file"),
+    (["--resume", "--out-dir", "nowhere"], "does not exist"),
 ], ids=["zero-steps", "not-a-number", "unknown-loss", "missing-model", "missing-config", "missing-checkpoint"])
 def test_cli_bad_input_is_one_clear_line(tmp_path, args, needle):
-    out = _cli("train", "--warmup_steps", "0", *args, cwd=tmp_path)
+    out = _cli("train", "--warmup-steps", "0", *args, cwd=tmp_path)
     assert out.returncode != 0
     err = out.stderr.strip().splitlines()
     assert len(err) == 1 and needle in err[0] and "Traceback" not in out.stderr, out.stderr
@@ -121,7 +121,7 @@ def test_cli_train_with_config_file_writes_plot_and_summary(tmp_path):
     cfg = {"steps": 2, "prompts_per_step": 3, "group_size": 4, "warmup_steps": 2, "eval_problems": 2,
            "tasks": ["add"], "policy": {"hidden": 32, "n_layers": 1, "n_heads": 2}}
     (tmp_path / "c.json").write_text(json.dumps(cfg))
-    out = _cli("train", "--config", "c.json", "--out_dir", "r", "--no-progress", cwd=tmp_path)
+    out = _cli("train", "--config", "c.json", "--out-dir", "r", "--no-progress", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "r" / "learning_curve.png").stat().st_size > 0
     assert "held-out pass rate" in out.stdout
@@ -158,10 +158,10 @@ def test_local_checkpoint_with_a_hugging_face_tokenizer_trains(tmp_path):
 
 def test_resume_can_extend_a_finished_run(tmp_path):
     train(tiny(tmp_path, steps=2), progress=False)
-    res = train(tiny(tmp_path), resume=True, steps=3, progress=False)
+    res = train(tiny(tmp_path, steps=3), resume=True, progress=False)
     assert [m["step"] for m in res.metrics] == [1, 2, 3]
     with pytest.raises(ValueError, match="steps"):
-        train(tiny(tmp_path), resume=True, steps=1, progress=False)
+        train(tiny(tmp_path, steps=1), resume=True, progress=False)
 
 
 def test_mini_batches_take_one_step_each_and_keep_resume_exact(tmp_path):
