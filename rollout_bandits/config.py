@@ -134,7 +134,8 @@ def build_dataclass(cls, values, path: str = ""):
     kwargs = {}
     for name, value in values.items():
         if name not in names:
-            fail(owner, str(name), "a field it does not have", "one of " + ", ".join(names))
+            shown = name if name.isidentifier() else repr(name)
+            fail(owner, shown, "a field it does not have", "one of " + ", ".join(names))
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
             kwargs[name] = build_dataclass(tp, value, f"{path}{name}.")

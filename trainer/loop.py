@@ -322,6 +322,7 @@ def _train(config: TrainConfig, state: dict | None, progress: bool, log: Callabl
             log(f"supervised warm-up: {config.warmup_steps} steps on {len(tasks)} task families ...")
             warm = sft_warmup(model, hf_or_char_tok, tasks, steps=config.warmup_steps, lr=config.warmup_lr, seed=config.seed)
             log(f"warm-up done in {warm['seconds']:.0f} s (final loss {warm['losses'][-1]:.3f})")
+        log(f"evaluating the held-out pass rate before RL ({config.eval_problems} problems per family) ...")
         before = _evaluate(model, hf_or_char_tok, tasks, config)
         log(f"held-out pass rate before RL: {before['mean']:.1%}; RL: {config.steps} steps of "
             f"{config.prompts_per_step} prompts x {config.group_size} rollouts, {config.loss.name} + "
@@ -365,7 +366,7 @@ def _train(config: TrainConfig, state: dict | None, progress: bool, log: Callabl
 
     bar = progress_bar(progress, config.steps, start)
     interrupted = False
-    with StopFlag() as stop:
+    with StopFlag(log) as stop:
         try:
             for step in range(start + 1, config.steps + 1):
                 sec = dict.fromkeys(STAGES, 0.0)
@@ -470,7 +471,6 @@ def _train(config: TrainConfig, state: dict | None, progress: bool, log: Callabl
                     break
         except KeyboardInterrupt:
             interrupted = True
-            bar(None, None, None)
             log(f"interrupted mid-step: the checkpoint in {ckpt_path} is intact" if os.path.isfile(ckpt_path)
                 else "interrupted mid-step before the first checkpoint: nothing to resume")
         finally:

@@ -7,8 +7,9 @@ class StopFlag:
     """First Ctrl-C asks the loop to stop at the next step boundary (checkpoint intact); a second one
     interrupts at once."""
 
-    def __init__(self):
+    def __init__(self, log=print):
         self.requested = False
+        self.log = log
         self._old = None
 
     def __enter__(self):
@@ -23,6 +24,7 @@ class StopFlag:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        self.log("Ctrl-C: stopping after this step, with a checkpoint (Ctrl-C again stops at once)")
 
     def __exit__(self, *exc):
         import signal
