@@ -226,15 +226,20 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_message(tmp_path):
     assert (tmp_path / ".lock").read_text() == ""  # released cleanly
 
 
-def test_two_processes_on_one_run_directory(tmp_path):
-    """A live `train` holds the directory: a second one (here `--resume`) is refused, naming it."""
+def _long_run(tmp_path, checkpoint_every, *flags):
+    """A `train` subprocess of 400 tiny steps in tmp_path/r (stopped by the test)."""
     cfg = {"steps": 400, "prompts_per_step": 2, "group_size": 2, "warmup_steps": 0, "eval_every": 400,
-           "eval_problems": 1, "checkpoint_every": 1, "tasks": ["add"],
+           "eval_problems": 1, "checkpoint_every": checkpoint_every, "tasks": ["add"],
            "policy": {"hidden": 16, "n_layers": 1, "n_heads": 2}}
     (tmp_path / "c.json").write_text(json.dumps(cfg))
-    first = subprocess.Popen([sys.executable, "-m", "rollout_bandits.cli", "train", "--config", "c.json",
-                              "--out-dir", "r", "--no-progress"], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-m", "rollout_bandits.cli", "train", "--config", "c.json",
+                             "--out-dir", "r", *flags], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def test_two_processes_on_one_run_directory(tmp_path):
+    """A live `train` holds the directory: a second one (here `--resume`) is refused, naming it."""
+    first = _long_run(tmp_path, 1, "--no-progress")
     try:
         for _ in range(600):  # wait for its first checkpoint
             if (tmp_path / "r" / CHECKPOINT).exists() or first.poll() is not None:
@@ -244,8 +249,8 @@ def test_two_processes_on_one_run_directory(tmp_path):
         assert second.returncode == 2 and f"in use by pid {first.pid}" in second.stderr, second.stderr
     finally:
         first.send_signal(signal.SIGINT)
-        first.wait(timeout=120)
-    assert first.returncode == 130, first.stderr
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == 130, err
     steps = [json.loads(x)["step"] for x in open(tmp_path / "r" / METRICS)]
     assert steps == sorted(set(steps))  # one writer: no interleaved duplicate steps
 
@@ -338,13 +343,7 @@ def test_ctrl_c_before_the_first_step_is_clean(tmp_path, when, extra):
 
 
 def test_ctrl_c_mid_run_writes_a_checkpoint_and_says_how_to_resume(tmp_path):
-    cfg = {"steps": 400, "prompts_per_step": 2, "group_size": 2, "warmup_steps": 0, "eval_every": 400,
-           "eval_problems": 1, "checkpoint_every": 400, "tasks": ["add"],
-           "policy": {"hidden": 16, "n_layers": 1, "n_heads": 2}}
-    (tmp_path / "c.json").write_text(json.dumps(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "rollout_bandits.cli", "train", "--config", "c.json",
-                             "--out-dir", "r"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = _long_run(tmp_path, 400)  # with the progress bar
     for _ in range(600):
         if (tmp_path / "r" / METRICS).exists() and len((tmp_path / "r" / METRICS).read_text().splitlines()) > 2:
             break
