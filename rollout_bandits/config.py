@@ -80,8 +80,9 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, prefix: str = "") 
                                 help=f"{help_text} (default: {'on' if default else 'off'})".strip())
         else:
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+            suffix = "" if default is None and help_text else f" (default: {shown})"
             parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=_metavar(tp),
-                                help=f"{help_text} (default: {shown})".strip())
+                                help=f"{help_text}{suffix}".strip())
 
 
 def _metavar(tp) -> str:
