@@ -266,12 +266,22 @@ def test_metrics_of_a_run_without_checkpoint_are_not_silently_replaced(tmp_path)
     assert [json.loads(x)["step"] for x in open(tmp_path / METRICS)] == [0, 1]
 
 
-def test_a_run_directory_that_is_a_file(tmp_path):
+def _main(capsys, *argv):
+    """The CLI in this process: (exit status, stdout, stderr lines)."""
+    from rollout_bandits.cli import main
+
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, " ".join(out.out.split()), out.err.strip().splitlines()
+
+
+def test_a_run_directory_that_is_a_file(tmp_path, capsys, monkeypatch):
     (tmp_path / "f").write_text("x")
     with pytest.raises(ValueError, match="TrainConfig.out_dir: found .*which is a file"):
         train(tiny(tmp_path / "f"), progress=False)
-    out = _cli("train", "--out-dir", "f", cwd=tmp_path)
-    assert out.returncode == 2 and "Traceback" not in out.stderr and "which is a file" in out.stderr
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _main(capsys, "train", "--out-dir", "f")
+    assert code == 2 and len(err) == 1 and "which is a file" in err[0]
 
 
 def test_resume_with_changed_settings_is_an_error_naming_them(tmp_path):
@@ -286,40 +296,38 @@ def test_resume_with_changed_settings_is_an_error_naming_them(tmp_path):
     assert "resume: steps 2 -> 3" in logs and [m["step"] for m in res.metrics] == [1, 2, 3]
 
 
-def test_cli_resume_names_changed_flags_and_extends_with_steps(tmp_path):
+def test_cli_resume_names_changed_flags_and_extends_with_steps(tmp_path, capsys, monkeypatch):
     cfg = {"steps": 1, "prompts_per_step": 2, "group_size": 2, "warmup_steps": 0, "eval_problems": 1,
            "tasks": ["add"], "policy": {"hidden": 16, "n_layers": 1, "n_heads": 2}}
     (tmp_path / "c.json").write_text(json.dumps(cfg))
-    assert _cli("train", "--config", "c.json", "--out-dir", "r", "--no-progress", cwd=tmp_path).returncode == 0
-    out = _cli("train", "--resume", "--out-dir", "r", "--lr", "0.5", "--scheduler.policy", "keep_all", cwd=tmp_path)
-    assert out.returncode == 2 and "lr" in out.stderr and "scheduler.policy" in out.stderr, out.stderr
-    out = _cli("train", "--resume", "--out-dir", "r", "--steps", "2", "--no-progress", cwd=tmp_path)
-    assert out.returncode == 0 and "resume: steps 1 -> 2" in out.stdout, out.stderr
+    monkeypatch.chdir(tmp_path)
+    assert _main(capsys, "train", "--config", "c.json", "--out-dir", "r", "--no-progress")[0] == 0
+    code, _, err = _main(capsys, "train", "--resume", "--out-dir", "r", "--lr", "0.5", "--scheduler.policy",
+                         "keep_all")
+    assert code == 2 and len(err) == 1 and "lr 5e-05 -> 0.5" in err[0] and "scheduler.policy" in err[0], err
+    code, out, _ = _main(capsys, "train", "--resume", "--out-dir", "r", "--steps", "2", "--no-progress")
+    assert code == 0 and "resume: steps 1 -> 2" in out
     assert [json.loads(x)["step"] for x in open(tmp_path / "r" / METRICS)] == [0, 1, 2]
 
 
 def test_run_resume_continues_the_newest_run(tmp_path, monkeypatch, capsys):
-    from rollout_bandits.cli import main
-
     monkeypatch.chdir(tmp_path)
     train(tiny(tmp_path / "runs" / "run-20000101-000000", steps=2), progress=False, stop_after=1)
     train(tiny(tmp_path / "runs" / "run-20000101-000001", steps=2), progress=False, stop_after=1)
     (tmp_path / "runs" / "run-20000101-000002").mkdir()  # no checkpoint: not a run to resume
-    assert main(["run", "--resume", "--no-progress"]) == 0
+    assert _main(capsys, "run", "--resume", "--no-progress")[0] == 0
     newest = tmp_path / "runs" / "run-20000101-000001"
     assert [json.loads(x)["step"] for x in open(newest / METRICS)] == [0, 1, 2]
     assert [json.loads(x)["step"] for x in open(tmp_path / "runs" / "run-20000101-000000" / METRICS)] == [0, 1]
-    capsys.readouterr()
 
 
-def test_run_resume_without_a_run_is_a_clear_error(tmp_path):
-    out = _cli("run", "--resume", cwd=tmp_path)
-    assert out.returncode == 2 and "run-*" in out.stderr and "Traceback" not in out.stderr
-
-
-def test_config_that_is_a_directory(tmp_path):
-    out = _cli("train", "--config", str(tmp_path), cwd=tmp_path)
-    assert out.returncode == 2 and "a directory" in out.stderr and "Traceback" not in out.stderr
+def test_run_resume_without_a_run_and_a_config_directory_are_clear_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _main(capsys, "run", "--resume")
+    assert code == 2 and len(err) == 1 and "run-*" in err[0]
+    code, _, err = _main(capsys, "train", "--config", str(tmp_path))
+    assert code == 2 and len(err) == 1 and "a directory" in err[0]
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("when,extra", [
