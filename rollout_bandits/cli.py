@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 import torch
 
 from rollout_bandits.config import add_dataclass_flags, options_from_args
+from rollout_bandits.experiments.grids import GRIDS
+from rollout_bandits.experiments.runner import RESULTS_DIR
 from rollout_bandits.validation import (
     check_bool,
     check_choice,
@@ -244,19 +246,17 @@ def _train_and_report(config, *, resume: bool, overwrite: bool, progress: bool, 
 class SweepOptions:
     """`rollout-bandits sweep`: run a grid, one result JSON per run; existing results are skipped."""
 
-    grid: str = opt("cpu", "cpu | gpu | ablations | cpu_mb | cpu_v2 | cpu_v3")
+    grid: str = opt("cpu", " | ".join(GRIDS))
     seeds: tuple[int, ...] = opt((), "comma-separated seeds (default: the grid's)")
     jobs: int = opt(2, "runs at a time (each on 1 torch thread)")
     only: str | None = opt(None, "regular expression on run names")
     steps: int | None = opt(None, "RL steps per run (default: the grid's)")
-    results: str = opt(os.path.join("benchmarks", "results", "experiments"), "result folder")
+    results: str = opt(RESULTS_DIR, "result folder")
     rerun: bool = opt(False, "re-run runs whose result file exists")
     dry_run: bool = opt(False, "list the runs to do and exit")
     progress: bool = opt(True, "progress bar")
 
     def __post_init__(self) -> None:
-        from rollout_bandits.experiments import GRIDS
-
         o = "SweepOptions"
         check_field_types(self)
         check_choice(o, "grid", self.grid, GRIDS)
@@ -276,7 +276,7 @@ class SweepOptions:
 class ReportOptions:
     """`rollout-bandits report`: the Markdown report and its figures from the result files."""
 
-    results: str = opt(os.path.join("benchmarks", "results", "experiments"), "result folder (must hold runs)")
+    results: str = opt(RESULTS_DIR, "result folder (must hold runs)")
     out: str = opt(os.path.join("docs", "RESULTS.md"), "the report")
     fig_dir: str = opt("docs", "folder of the figures")
 
@@ -293,7 +293,7 @@ class DiagnoseOptions:
     name: str = field(metadata={"help": "name of the diagnostic (its result file's name)"})
     overrides: str = field(metadata={"help": "TrainConfig overrides as JSON, e.g. '{\"scheduler\": {\"gain\": \"self\"}}'"})
     seed: int = opt(0, "seed")
-    results: str = opt(os.path.join("benchmarks", "results", "experiments"), "result folder")
+    results: str = opt(RESULTS_DIR, "result folder")
 
     def __post_init__(self) -> None:
         o = "DiagnoseOptions"
