@@ -71,11 +71,18 @@ def check_int(owner: str, name: str, value, lo: int | None = 0, hi: int | None =
     return value
 
 
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def check_float(owner: str, name: str, value, lo: float = 0.0, hi: float = math.inf, *,
                 lo_open: bool = False, hi_open: bool = False, allow_none: bool = False) -> float | None:
     if value is None and allow_none:
         return None
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
     if ok:
         ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
     if not ok:
@@ -153,6 +160,14 @@ def _annotation_text(tp) -> str:
     return str(tp)
 
 
+def check_type(owner: str, name: str, value, tp, *, found: str | None = None):
+    """One value against a type annotation (what `check_field_types` does per field); `found`
+    overrides how the value is described (e.g. the text of a command-line flag)."""
+    if not _annotation_ok(value, tp):
+        fail(owner, name, found or describe(value), _annotation_text(tp))
+    return value
+
+
 def check_field_types(obj) -> None:
     """Every field of a config dataclass holds a value of its annotated type.
 
@@ -175,8 +190,7 @@ def check_field_types(obj) -> None:
                                              for a in (tp, *typing.get_args(tp))):
             value = tuple(value)
             setattr(obj, f.name, value)
-        if not _annotation_ok(value, tp):
-            fail(owner, f.name, describe(value), _annotation_text(tp))
+        check_type(owner, f.name, value, tp)
 
 
 # ------------------------------------------------------------------- tensors
