@@ -211,21 +211,19 @@ def test_multiple_of_leaves_out_the_lowest_scored_rows():
 
 
 def test_fields_it_cannot_rebuild_come_from_fill():
-    sched = DataProtoScheduler(Scheduler(SchedulerConfig(gain="batch"), seed=0))
-    first = verl_batch(1)
-    first.batch["ref_log_prob"] = first.batch["old_log_probs"] - 0.5
-    scheduled(sched, first)
-    second = verl_batch(2)
-    second.batch["ref_log_prob"] = second.batch["old_log_probs"] - 0.5
-    state = copy.deepcopy(sched.state_dict())
-    with pytest.raises(ValueError, match=r"fields \['ref_log_prob'\] the reused rows cannot be rebuilt"):
-        scheduled(sched, copy.deepcopy(second))
-    sched.load_state_dict(state)
-
     def fill(reused: DataProto) -> DataProto:
         return DataProto.from_dict(tensors={"ref_log_prob": reused.batch["old_log_probs"] - 0.5})
 
+    sched = DataProtoScheduler(Scheduler(SchedulerConfig(gain="batch"), seed=0))
+    first, second = verl_batch(1), verl_batch(2)
+    for b in (first, second):
+        b.batch["ref_log_prob"] = b.batch["old_log_probs"] - 0.5
+    scheduled(sched, first, fill=fill)
+    with pytest.raises(ValueError, match=r"fields \['ref_log_prob'\] the reused rows cannot be rebuilt"):
+        scheduled(sched, copy.deepcopy(second))
+    assert sched.scheduler.round == 1  # refused before selecting
     out = scheduled(sched, second, fill=fill)
+    assert sched.last_step.num_reused > 0
     torch.testing.assert_close(out.batch["ref_log_prob"], out.batch["old_log_probs"] - 0.5)
     assert_consistent(out)
 

@@ -49,6 +49,7 @@ _SEQUENCE = ("input_ids", "attention_mask", "position_ids")  # [B, P + R]: promp
 _SCORES = ("rm_scores", "token_level_scores", "token_level_rewards")  # reward on the last response token
 _LOGPROBS = ("old_log_probs", "rollout_log_probs")
 _ENTROPIES = (ENTROPY_KEY, "entropys")
+_REBUILT = (*_REQUIRED, *_SCORES, *_LOGPROBS, *_ENTROPIES, "advantages", "returns")
 
 Fill = Callable[["object"], "object | None"]
 
@@ -119,7 +120,9 @@ def schedule_dataproto(scheduler, data, *, normalize_std: bool = True, fill: Fil
       rebuild; returns a DataProto (or None) whose batch fields are added or replace rebuilt ones.
     multiple_of: verl splits the batch into equal DP chunks and mini-batches (`ppo_mini_batch_size
       * rollout.n` rows): the lowest-scored rows are left out so the count is a multiple (0 rows
-      when nothing was selected; a ValueError when fewer than `multiple_of` were).
+      when nothing was selected; a ValueError, after the selection was made, when fewer than
+      `multiple_of` were).
+    A ValueError about the batch or a field no fill provides leaves the scheduler as it was.
     """
     DataProto = _dataproto_class()
     if isinstance(scheduler, DataProtoScheduler):
@@ -132,6 +135,9 @@ def schedule_dataproto(scheduler, data, *, normalize_std: bool = True, fill: Fil
     if not isinstance(data, DataProto) or data.batch is None:
         fail(_O, "data", describe(data), "a verl DataProto with a tensor batch")
     view = _RowsView.of(data)
+    if fill is None and sched.buffer is not None and view.unrebuilt:
+        fail(_O, "data.batch", f"fields {view.unrebuilt} the reused rows cannot be rebuilt with",
+             "fields a fill(reused_rows) callback computes (e.g. ref_log_prob via the reference policy)")
     batch, group_prompts, adv = view.rollout_batch()
     keys = torch.arange(store.next_key, store.next_key + view.n, dtype=torch.int64)
     step = sched.select(batch, prompt_ids=keys, advantage=adv, prompt_tokens=group_prompts)
@@ -207,6 +213,7 @@ class _RowsView:
         self.score_key = next(k for k in ("token_level_scores", "rm_scores") if k in self.keys)
         aligned = (self.P, self.R, self.P + self.R)
         self.row_level_keys = [k for k in self.keys if td[k].dim() == 1 or td[k].shape[1] not in aligned]
+        self.unrebuilt = sorted(self.keys - set(_REBUILT) - set(self.row_level_keys))
 
     @classmethod
     def of(cls, data) -> _RowsView:
