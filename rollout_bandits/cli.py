@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rollout_bandits.config import add_dataclass_flags, options_from_args
+from rollout_bandits.config import add_dataclass_flags, opt, options_from_args
 from rollout_bandits.experiments.grids import GRIDS
 from rollout_bandits.experiments.runner import RESULTS_DIR
 from rollout_bandits.validation import (
@@ -40,11 +40,6 @@ from rollout_bandits.validation import (
 
 RUNS_ROOT = "runs"
 RUN_PREFIX = "run-"
-
-
-def opt(default, help: str):
-    """A field with its flag's help text."""
-    return field(default=default, metadata={"help": help})
 
 
 # ---------------------------------------------------------------------- demo

@@ -33,6 +33,7 @@ def _check_outputs(out_dir: str, steps: int, per_arm_gain: bool) -> dict:
     mean = js["mean_step_seconds"]
     assert js["scheduling_share"] == pytest.approx(sum(mean[s] for s in SCHEDULING) / sum(mean.values()))
     assert 0 < js["scheduling_share"] < 1
+    assert 0 < js["scheduler_core_share"] <= js["scheduling_share"]
     return js
 
 

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from rollout_bandits.bandit.scheduler import Scheduler, SchedulerConfig
+from rollout_bandits.config import opt
 from rollout_bandits.kernels.rollout_features import rollout_features
 from rollout_bandits.trainer.chat_tasks import chat_prompt, end_of_turn_id, is_correct, question
 from rollout_bandits.trainer.generation import GenerationConfig, HFGenerator, sequence_logprobs
@@ -48,35 +49,32 @@ from rollout_bandits.validation import (
 STAGES = ("generation", "reward", "features", "score", "select", "learner_update", "gain_probe",
           "policy_loss", "optimizer_step")
 SCHEDULING = ("features", "score", "select", "learner_update", "gain_probe")
+SCHEDULER_CORE = ("features", "score", "select", "learner_update")  # without the per-arm gain's forward pass
 PROFILE_JSON = "profile.json"
 PROFILE_PNG = "profile.png"
-
-
-def _opt(default, help: str):
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class ProfileConfig:
     """`rollout-bandits profile`: a few RLVR steps on a local model, timed stage by stage."""
 
-    model_path: str | None = _opt(None, "a local causal LM folder (Hugging Face files, or a GGUF file in it)")
-    gguf_file: str | None = _opt(None, "a GGUF file inside --model-path (de-quantized by transformers)")
-    steps: int = _opt(3, "RLVR steps")
-    warmup_steps: int = _opt(1, "first steps left out of the table (first-call costs); the JSON has all")
-    prompts_per_step: int = _opt(4, "prompts per step")
-    group_size: int = _opt(8, "rollouts per prompt")
-    max_new_tokens: int = _opt(48, "longest reply, in tokens")
-    temperature: float = _opt(1.0, "sampling temperature")
-    lr: float = _opt(1e-6, "policy learning rate")
-    tasks: tuple[str, ...] = _opt((), "task families asked (default: all)")
-    difficulty: int = _opt(1, "task difficulty")
-    dtype: str = _opt("float32", "float32 | bfloat16 | float16")
-    device: str | None = _opt(None, "cpu | cuda (default: cuda when available)")
-    threads: int = _opt(0, "torch CPU threads (0: torch's choice)")
-    seed: int = _opt(0, "seed of prompts, sampling and the scheduler")
-    out_dir: str = _opt("profile", "where profile.json and profile.png go")
-    progress: bool = _opt(True, "progress bar")
+    model_path: str | None = opt(None, "a local causal LM folder (Hugging Face files, or a GGUF file in it)")
+    gguf_file: str | None = opt(None, "a GGUF file inside --model-path (de-quantized by transformers)")
+    steps: int = opt(3, "RLVR steps")
+    warmup_steps: int = opt(1, "first steps left out of the table (first-call costs); the JSON has all")
+    prompts_per_step: int = opt(4, "prompts per step")
+    group_size: int = opt(8, "rollouts per prompt")
+    max_new_tokens: int = opt(48, "longest reply, in tokens")
+    temperature: float = opt(1.0, "sampling temperature")
+    lr: float = opt(1e-6, "policy learning rate")
+    tasks: tuple[str, ...] = opt((), "task families asked (default: all)")
+    difficulty: int = opt(1, "task difficulty")
+    dtype: str = opt("float32", "float32 | bfloat16 | float16")
+    device: str | None = opt(None, "cpu | cuda (default: cuda when available)")
+    threads: int = opt(0, "torch CPU threads (0: torch's choice)")
+    seed: int = opt(0, "seed of prompts, sampling and the scheduler")
+    out_dir: str = opt("profile", "where profile.json and profile.png go")
+    progress: bool = opt(True, "progress bar")
     loss: LossConfig = field(default_factory=LossConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
@@ -129,17 +127,20 @@ class ProfileResult:
         steps = self.measured
         return {s: sum(m[s] for m in steps) / len(steps) for s in STAGES}
 
-    @property
-    def scheduling_share(self) -> float:
+    def share(self, stages: tuple[str, ...]) -> float:
         mean = self.mean_seconds()
         total = sum(mean.values())
-        return sum(mean[s] for s in SCHEDULING) / total if total else 0.0
+        return sum(mean[s] for s in stages) / total if total else 0.0
+
+    @property
+    def scheduling_share(self) -> float:
+        return self.share(SCHEDULING)
 
     def to_json(self) -> dict:
         mean = self.mean_seconds()
         return {**asdict(self), "stages": list(STAGES), "scheduling_stages": list(SCHEDULING),
                 "mean_step_seconds": mean, "mean_step_total": sum(mean.values()),
-                "scheduling_share": self.scheduling_share}
+                "scheduling_share": self.scheduling_share, "scheduler_core_share": self.share(SCHEDULER_CORE)}
 
 
 class _Clock:
@@ -343,6 +344,8 @@ def stage_table(result: ProfileResult):
     t.add_row("step", f"{total * 1e3:.1f}", "100%", style="bold")
     t.add_row("scheduling (*)", f"{sum(mean[s] for s in SCHEDULING) * 1e3:.1f}", f"{result.scheduling_share:.2%}",
               style="bold")
+    t.add_row("  without the gain probe", f"{sum(mean[s] for s in SCHEDULER_CORE) * 1e3:.1f}",
+              f"{result.share(SCHEDULER_CORE):.2%}")
     return t
 
 
@@ -360,16 +363,20 @@ def write_outputs(result: ProfileResult, out_dir: str) -> tuple[str, str]:
     os.replace(js + ".tmp", js)
     mean = result.mean_seconds()
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 1]})
-    colors = ["tab:orange" if s in SCHEDULING else "tab:blue" for s in STAGES]
-    ax.barh(list(STAGES)[::-1], [mean[s] * 1e3 for s in STAGES][::-1], color=colors[::-1])
+    colors = ["tab:orange" if s in SCHEDULER_CORE else "tab:olive" if s in SCHEDULING else "tab:blue"
+              for s in STAGES]
+    ax.barh(list(STAGES)[::-1], [max(mean[s], 1e-7) * 1e3 for s in STAGES][::-1], color=colors[::-1])
     ax.set(xlabel="ms per step (log scale)", xscale="log",
-           title=f"{os.path.basename(result.model)}: mean RLVR step by stage (orange: scheduling)")
+           title=f"{os.path.basename(result.model)}: mean RLVR step by stage (orange, olive: scheduling)")
     total = sum(mean.values())
-    sched = sum(mean[s] for s in SCHEDULING)
-    ax2.bar(["step"], [total - sched], color="tab:blue", label="rest of the step")
-    ax2.bar(["step"], [sched], bottom=[total - sched], color="tab:orange",
-            label=f"scheduling {result.scheduling_share:.2%}")
-    ax2.set(ylabel="seconds per step", title=result.device[:40])
+    core, probe = sum(mean[s] for s in SCHEDULER_CORE), mean["gain_probe"]
+    rest = total - core - probe
+    ax2.bar(["step"], [rest], color="tab:blue", label="rest of the step")
+    ax2.bar(["step"], [probe], bottom=[rest], color="tab:olive", label=f"gain probe {probe / total:.2%}")
+    ax2.bar(["step"], [core], bottom=[rest + probe], color="tab:orange",
+            label=f"scheduler core {core / total:.2%}")
+    ax2.set(ylabel="seconds per step")
+    ax2.set_title(result.device, fontsize=7, wrap=True)
     ax2.legend(fontsize=8, loc="lower center")
     fig.tight_layout()
     fig.savefig(png + ".tmp.png", dpi=110)
@@ -378,5 +385,5 @@ def write_outputs(result: ProfileResult, out_dir: str) -> tuple[str, str]:
     return js, png
 
 
-__all__ = ["PROFILE_JSON", "PROFILE_PNG", "SCHEDULING", "STAGES", "ProfileConfig", "ProfileResult", "chat_token_ids",
+__all__ = ["PROFILE_JSON", "PROFILE_PNG", "SCHEDULER_CORE", "SCHEDULING", "STAGES", "ProfileConfig", "ProfileResult", "chat_token_ids",
            "profile", "stage_table", "write_outputs"]
