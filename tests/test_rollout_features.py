@@ -196,8 +196,9 @@ def test_paths_match_oracle(kind, path):
 
 
 def test_triton_multi_chunk_quantile(monkeypatch):
-    """Rollouts longer than the in-register limit take the chunked bisection path."""
-    monkeypatch.setattr(rf_module, "MAX_ONE_CHUNK", 64)
+    """Rollouts longer than the kernel's token block take the chunked bisection path."""
+    monkeypatch.setattr(rf_module, "SHORT_BLOCK", 16)
+    monkeypatch.setattr(rf_module, "LONG_BLOCK", 16)
     seed = _fresh_seed()
     b = _random_batch("very_unequal", seed)
     for q in (0.1, 0.9):
