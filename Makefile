@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 HAS_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH_SPEC := $(if $(HAS_CUDA),torch,torch==2.13.0)
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench lint clean aot gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +24,10 @@ run: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/pytest benchmarks/ -q
+
+# The ahead-of-time compile table (sm_90 and sm_80, no GPU needed): benchmarks/results/aot_<triton>.json.
+aot: $(STAMP)
+	env -u TRITON_INTERPRET $(PY) -m rollout_bandits.kernels.aot
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

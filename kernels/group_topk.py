@@ -265,7 +265,7 @@ def topk_plan(contrast: bool, device_type: str = "cuda", block_n: int | None = N
     length are read in BLOCK_S chunks, the loop bounded in the kernel)."""
     if block_n is None:
         # Under the interpreter a program costs ~0.5 ms whatever its size: big tiles.
-        block_n = 128 if device_type != "cuda" else 64
+        block_n = 128 if device_type != "cuda" else 32
     return launch_config(num_warps=4, CONTRAST=contrast, BLOCK_N=block_n, BLOCK_S=32)
 
 
@@ -274,16 +274,19 @@ def _group_topk_launch(scores, group_offsets, k, ratio, rewards, contrast, poiso
     """Runs the kernel; the int8 mask, 1 = kept (poisoned with -1 where the kernel never wrote).
     Reads no device data on the host."""
     n = scores.numel()
-    s = scores.to(torch.float32).contiguous()
-    r = rewards.to(torch.float32).contiguous() if contrast else s
-    g = group_offsets.numel() - 1
-    plan = topk_plan(contrast, s.device.type, block_n)
-    out = new_output((n,), poison, s.device, torch.int8)
+    plan = topk_plan(contrast, scores.device.type, block_n)
+    out = new_output((n,), poison, scores.device, torch.int8)
     _group_topk_kernel[(triton.cdiv(n, dict(plan.meta)["BLOCK_N"]),)](
-        s, r, group_offsets.contiguous(), out, n, g, g.bit_length(), k or 0, float(ratio or 0.0),
-        **plan.kwargs(),
-    )
+        *_topk_args(scores, group_offsets, k, ratio, rewards if contrast else None, out), **plan.kwargs())
     return out
+
+
+def _topk_args(scores, group_offsets, k, ratio, rewards, out) -> tuple:
+    """The kernel's arguments (everything but the constexprs); rewards None without contrast."""
+    s = scores.to(torch.float32).contiguous()
+    r = rewards.to(torch.float32).contiguous() if rewards is not None else s
+    g = group_offsets.numel() - 1
+    return (s, r, group_offsets.contiguous(), out, s.numel(), g, g.bit_length(), k or 0, float(ratio or 0.0))
 
 
 def mask_of(raw: torch.Tensor, poisoned: bool) -> torch.Tensor:

@@ -70,7 +70,7 @@ _SLACK = tl.constexpr(QUANTILE_SLACK)
 
 # Bits of the kernel's runtime `flags` argument (runtime, not constexpr: one compiled kernel per
 # block size and dtype covers every combination of optional streams and fields).
-HAS_ENT, HAS_CUR, MASK_NONFINITE, HAS_AGE, HAS_REUSE, HAS_TRUNC, HAS_CLIP = (1 << i for i in range(7))
+HAS_ENT, HAS_CUR, MASK_NONFINITE, HAS_AGE, HAS_REUSE, HAS_TRUNC, HAS_CLIP = (tl.constexpr(1 << i) for i in range(7))
 
 
 @triton.jit
@@ -258,7 +258,7 @@ def _features_args(batch: RolloutBatch, cfg: FeatureConfig, out: torch.Tensor) -
     Absent optional streams and fields are left out by `flags`; their pointer is a stand-in."""
     dev = batch.device
     lp = batch.token_logprobs
-    flags = MASK_NONFINITE if batch.mask_nonfinite else 0
+    flags = MASK_NONFINITE.value if batch.mask_nonfinite else 0
     fields = []
     for name, bit, dtype in (("token_entropy", HAS_ENT, None), ("cur_logprobs", HAS_CUR, None),
                              ("age", HAS_AGE, torch.float32), ("reuse_count", HAS_REUSE, torch.float32),
@@ -267,7 +267,7 @@ def _features_args(batch: RolloutBatch, cfg: FeatureConfig, out: torch.Tensor) -
         if v is None:
             fields.append(lp if dtype is None else torch.empty(0, dtype=dtype, device=dev))
         else:
-            flags |= bit
+            flags |= bit.value
             fields.append(v if dtype is None else v.to(dtype))
     ent, cur, age, reuse, trunc, clip = fields
     g = batch.num_groups

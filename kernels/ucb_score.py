@@ -237,10 +237,22 @@ def ucb_plan(num_features: int, hidden: int, diagonal: bool, device_type: str = 
         return launch_config(DIAG=diagonal, BLOCK_N=block_n or 128, BLOCK_D=block_d, BLOCK_H=block_h,
                              BLOCK_K=min(block_h, 64))
     # IEEE fp32 dots run on the FMA units with each operand's K slice in registers: K chunks of 16,
-    # [BLOCK_N, BLOCK_H] tiles of at most 32 fp32 values per thread.
-    warps = 4 if block_h <= 64 else 8
-    return launch_config(num_warps=warps, DIAG=diagonal, BLOCK_N=block_n or max(16, min(64, 4096 // block_h)),
-                         BLOCK_D=block_d, BLOCK_H=block_h, BLOCK_K=16)
+    # [BLOCK_N, BLOCK_H] tiles of at most 4096 values, 16 per thread from H = 64 on.
+    return launch_config(num_warps=8 if block_h >= 64 else 4, DIAG=diagonal,
+                         BLOCK_N=block_n or max(16, min(64, 4096 // block_h)), BLOCK_D=block_d, BLOCK_H=block_h,
+                         BLOCK_K=16)
+
+
+def _ucb_args(x: torch.Tensor, w: ScorerWeights, plan: LaunchConfig, out: torch.Tensor) -> tuple:
+    """The kernel's arguments (everything but the constexprs), with the phi scratch of the dense
+    bonus ([rows of the grid, BLOCK_H] fp32; x stands in for it in the diagonal case)."""
+    n, d = x.shape
+    meta = dict(plan.meta)
+    rows = triton.cdiv(n, meta["BLOCK_N"]) * meta["BLOCK_N"]
+    phi = x if w.diagonal else torch.empty((rows, meta["BLOCK_H"]), dtype=torch.float32, device=x.device)
+    z = w.zinv if w.zinv is not None else w.zinv_diag
+    ws = (t.contiguous() for t in (w.w1, w.b1, w.w2, w.b2, w.w3, w.b3, z))
+    return (x, *ws, phi, out, n, d, w.hidden, x.stride(0), float(w.gamma), w.activation == "gelu")
 
 
 def ucb_score_triton(x: torch.Tensor, weights: ScorerWeights, *, validate: bool = True,
@@ -249,22 +261,13 @@ def ucb_score_triton(x: torch.Tensor, weights: ScorerWeights, *, validate: bool 
     device data on the host."""
     if validate:
         _check_inputs(x, weights)
-    n, d = x.shape
-    w = weights
-    plan = ucb_plan(d, w.hidden, w.diagonal, x.device.type, block_n)
-    meta = dict(plan.meta)
     if x.stride(1) != 1:
         x = x.contiguous()
+    n, d = x.shape
+    plan = ucb_plan(d, weights.hidden, weights.diagonal, x.device.type, block_n)
     out = new_output((3, n), validate, x.device)
-    rows = triton.cdiv(n, meta["BLOCK_N"]) * meta["BLOCK_N"]
-    phi = x if w.diagonal else torch.empty((rows, meta["BLOCK_H"]), dtype=torch.float32, device=x.device)
-    z = w.zinv if w.zinv is not None else w.zinv_diag
-    cont = lambda t: t.contiguous()  # noqa: E731
-    _ucb_score_kernel[(triton.cdiv(n, meta["BLOCK_N"]),)](
-        x, cont(w.w1), cont(w.b1), cont(w.w2), cont(w.b2), cont(w.w3), cont(w.b3), cont(z), phi, out,
-        n, d, w.hidden, x.stride(0), float(w.gamma), w.activation == "gelu",
-        **plan.kwargs(),
-    )
+    _ucb_score_kernel[(triton.cdiv(n, dict(plan.meta)["BLOCK_N"]),)](*_ucb_args(x, weights, plan, out),
+                                                                     **plan.kwargs())
     return out[0], out[1], out[2]
 
 
