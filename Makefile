@@ -29,6 +29,14 @@ bench: $(STAMP)
 aot: $(STAMP)
 	env -u TRITON_INTERPRET $(PY) -m rollout_bandits.kernels.aot
 
+# On a GPU host: CUDA parity tests, warm-up, benchmarks, in-loop profile (README "GPU check").
+# GPU_PY=python3 uses an existing environment (a GPU image without this venv and offline): the
+# project is installed into it without dependencies.
+GPU_PY ?= $(PY)
+gpu-check: $(if $(filter $(PY),$(GPU_PY)),$(STAMP))
+	$(GPU_PY) -c "import rollout_bandits" 2>/dev/null || $(GPU_PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(GPU_PY) benchmarks/gpu_check.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 

@@ -28,7 +28,10 @@ Outputs: the selected indices (int64, ascending) and a bool mask [N].
 
 Kernels: `group_topk` tiles BLOCK_N rollouts per program; each rollout counts
 the members of its own group that beat it (its rank), reading its group in
-BLOCK_S chunks, so ragged groups of any size work in one launch. `global_topm`
+BLOCK_S chunks, so ragged groups of any size work in one launch. Each
+program finds its rollouts' groups (bisection over the offsets) and k_g itself,
+and bounds its loops by the largest group in its tile: the launch reads nothing
+on the host. `global_topm`
 is one program: an exact bisection over order-preserving int32 keys (32 passes
 over the scores, which the buffer keeps small) followed by one writing pass
 that takes the ties at the threshold lowest index first.
@@ -348,9 +351,11 @@ def _group_topk_mask_reference(scores, sizes, kg, rewards, contrast) -> torch.Te
     g = sizes.numel()
     gidx = torch.repeat_interleave(torch.arange(g, device=dev), sizes, output_size=n)
     starts = torch.cumsum(sizes, 0) - sizes
-    # Order by (group, score desc, index asc): stable sort by score, then stable sort by group.
-    p1 = torch.sort(s, descending=True, stable=True).indices
-    perm = p1[torch.sort(gidx[p1], stable=True).indices]
+    # Order by (group, score desc, index asc): one stable sort of group << 32 | the descending order
+    # key of the score (float32 bits whose signed order is the float order, -0.0 as 0.0).
+    bits = s.contiguous().view(torch.int32)
+    key = torch.where(s == 0, 0, bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(torch.int64)
+    perm = torch.sort((gidx << 32) | (2**31 - 1 - key), stable=True).indices
     rank = torch.empty(n, dtype=torch.int64, device=dev)
     rank[perm] = torch.arange(n, device=dev) - starts[gidx[perm]]
     k_row = kg.to(torch.int64)[gidx]
@@ -362,8 +367,8 @@ def _group_topk_mask_reference(scores, sizes, kg, rewards, contrast) -> torch.Te
     rmax = torch.full((g,), -float("inf"), device=dev).scatter_reduce(0, gidx, r, "amax")
     pos = r > rmin[gidx]
     big = torch.full((g,), n, dtype=torch.int64, device=dev)
-    best_pos = big.scatter_reduce(0, gidx[pos], rank[pos], "amin")
-    best_neg = big.clone().scatter_reduce(0, gidx[~pos], rank[~pos], "amin")
+    best_pos = big.scatter_reduce(0, gidx, torch.where(pos, rank, n), "amin")
+    best_neg = big.clone().scatter_reduce(0, gidx, torch.where(pos, n, rank), "amin")
     own = torch.where(pos, best_pos[gidx], best_neg[gidx])
     other = torch.where(pos, best_neg[gidx], best_pos[gidx])
     kp = k_row.clamp_min(2)

@@ -1,7 +1,8 @@
 """rollout_features: ragged token streams -> [N, D] bandit contexts, one pass.
 
 The layout of this file is the project's kernel convention: the `@triton.jit`
-kernel, its launcher (checks inputs, sizes the grid), the vectorized PyTorch
+kernel, its plan (block sizes from sizes the host knows, kernels/launch.py) and
+launcher (checks inputs, sizes the grid), the vectorized PyTorch
 reference of the same function, and the dispatcher. The fast CPU backend is
 kernels/rollout_features_cpu.py, the float64 oracle that the tests hold every
 path to is kernels/naive.py, and the shared pieces are kernels/feature_spec.py.
@@ -36,6 +37,14 @@ from a pivot, kernels/feature_spec.py). Inputs whose features float32 cannot
 hold, or that the scorer would overflow, are rejected by `RolloutBatch.validate()`
 (`validation.MAX_MAGNITUDE`), naming the input field; with validate=False such
 a feature is +-inf, the same on every path.
+
+Kernel: one program per rollout; its token block is one of two sizes, picked
+from the mean length num_tokens / N (no device data is read to launch). A
+rollout that fits its block keeps its log-probs in registers for the quantile's
+32 bisection halvings; a longer one is re-read chunk by chunk (from cache). The
+optional streams and fields are runtime flags and the program finds its group
+by bisection over the group offsets, so one compiled kernel per block size and
+stream dtype serves every batch, and the launch needs no per-rollout index.
 """
 
 from __future__ import annotations

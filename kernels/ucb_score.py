@@ -12,14 +12,23 @@ Layout as in kernels/rollout_features.py: `@triton.jit` kernel, launcher,
 vectorized PyTorch reference, dispatcher; the plain float64 oracle that the
 tests hold both to is `ucb_score_naive` in kernels/naive.py.
 
-Kernel: one program per tile of BLOCK_N rows; the weights are read in
-[BLOCK_H, BLOCK_K] column/row chunks (each chunk is at most 64 KiB in fp32, so
-H = 256 fits on-chip), and every matrix product is a `tl.dot` in IEEE fp32
-(`input_precision="ieee"`: parity with the reference, and the scorer's FLOPs
-are tiny next to the feature pass). D = 15 and H need not be powers of two:
-blocks are padded to powers of two >= 16 and every load is masked, with
+Kernel: one program per tile of BLOCK_N rows. Layer 1 is computed in column
+chunks of BLOCK_K and fed straight into layer 2 as its K-chunks; for the dense
+bonus, phi @ Zinv is taken in K-chunks of phi, which the program reads back
+from its own rows of a scratch buffer (a register tile has no column slices).
+So every `tl.dot` has K <= 16 on CUDA and no operand holds all of H in
+registers: with BLOCK_N * BLOCK_H <= 4096 no configuration spills on sm_90 or
+sm_80 for H up to 256 (kernels/aot.py checks it). Accuracy: every product is a
+`tl.dot` in IEEE fp32 (`input_precision="ieee"`, the FMA units), not TF32 or
+bf16: the bonus is a quadratic form whose terms cancel, the tests hold kernel
+and reference to float32's forward error bound against the float64 oracle
+(tests/_oracle_tol.py) and to 1e-5 of each other, which a TF32 dot (10-bit
+mantissa, relative error ~5e-4 per product) would not meet, and the scorer's
+FLOPs are small next to the feature pass. D = 15 and H need not be powers of
+two: blocks are padded to powers of two >= 16 and every load is masked, with
 zeros in the padding (padding columns stay exactly 0 through both layers,
-since act(0) = 0 for ReLU and GELU).
+since act(0) = 0 for ReLU and GELU). The activation is a runtime flag (one
+compiled kernel serves ReLU and GELU).
 """
 
 from __future__ import annotations
@@ -272,27 +281,27 @@ def ucb_score_triton(x: torch.Tensor, weights: ScorerWeights, *, validate: bool 
 
 
 # ------------------------------------------------------------------ reference
-def _act_ref(x: torch.Tensor, activation: str) -> torch.Tensor:
+def _act_ref_(x: torch.Tensor, activation: str) -> torch.Tensor:
     if activation == "gelu":
         return torch.nn.functional.gelu(x)  # exact erf form, as in the kernel
-    return torch.relu(x)
+    return x.relu_()
 
 
 def ucb_score_reference(x: torch.Tensor, weights: ScorerWeights, *, validate: bool = True
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Vectorized PyTorch reference (fp32 matmuls); the CPU path."""
+    """Vectorized PyTorch reference (fp32 matmuls, in place where it can); the CPU path."""
     if validate:
         _check_inputs(x, weights)
     w = weights
     xf = x.float()
-    h1 = _act_ref(torch.addmm(w.b1.float(), xf, w.w1.float()), w.activation)
-    phi = _act_ref(torch.addmm(w.b2.float(), h1, w.w2.float()), w.activation)
-    mean = phi @ w.w3.float() + w.b3.float()
+    h1 = _act_ref_(torch.addmm(w.b1.float(), xf, w.w1.float()), w.activation)
+    phi = _act_ref_(torch.addmm(w.b2.float(), h1, w.w2.float()), w.activation)
+    mean = torch.addmv(w.b3.float(), phi, w.w3.float())
     if w.zinv is not None:
-        quad = ((phi @ w.zinv.float()) * phi).sum(dim=1)
+        quad = (phi @ w.zinv.float()).mul_(phi).sum(dim=1)
     else:
-        quad = (phi * phi) @ w.zinv_diag.float()
-    bonus = float(w.gamma) * quad.clamp_min(0.0).sqrt()
+        quad = torch.mv(phi.square_(), w.zinv_diag.float())
+    bonus = quad.clamp_min_(0.0).sqrt_().mul_(float(w.gamma))
     return mean + bonus, mean, bonus
 
 
