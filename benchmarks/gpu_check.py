@@ -78,9 +78,14 @@ def main() -> int:
     slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
     out = RESULTS / f"gpu_check_{slug}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
+    def status(v: dict) -> str:
+        if "skipped" in v:
+            return "skipped"
+        return "ok" if v.get("returncode", 0) == 0 and "error" not in v else "FAILED"
+
     print(f"\ngpu-check on {name}: " + ", ".join(
-        f"{k} {'ok' if v.get('returncode', 0) == 0 and 'error' not in v else 'FAILED'}"
-        + (f" ({v['summary']})" if v.get("summary") else "") for k, v in steps.items()) + f" -> {out}")
+        f"{k} {status(v)}" + (f" ({v['summary']})" if v.get("summary") else "") for k, v in steps.items())
+        + f" -> {out}")
     return 0 if all(v.get("returncode", 0) == 0 and "error" not in v for v in steps.values()) else 1
 
 

@@ -34,9 +34,9 @@ from rollout_bandits.synthetic import synthetic_batch  # noqa: E402
 from rollout_bandits.trainer.loop import SCHEDULING_STAGES, STAGES, TrainConfig, train  # noqa: E402
 
 
-def run_loop(steps: int, prompts: int, group: int) -> dict:
+def run_loop(steps: int, prompts: int, group: int, warmup: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
-        cfg = TrainConfig(steps=steps, prompts_per_step=prompts, group_size=group, warmup_steps=20,
+        cfg = TrainConfig(steps=steps, prompts_per_step=prompts, group_size=group, warmup_steps=warmup,
                           eval_every=10_000, eval_problems=1, checkpoint_every=10_000, out_dir=out)
         t0 = time.perf_counter()
         res = train(cfg, progress=False, log=lambda *_: None)
@@ -71,10 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=20, help="supervised warm-up steps before the RL steps")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
-    loop = run_loop(args.steps, args.prompts, args.group)
+    loop = run_loop(args.steps, args.prompts, args.group, args.warmup)
     report = {"suite": "profile_loop", "device": device_name(torch.device("cuda" if cuda else "cpu")),
               "policy_device": "cpu", "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
               "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
