@@ -38,7 +38,7 @@ from rollout_bandits.batch import NONFINITE_REWARD, RolloutBatch
 from rollout_bandits.distributed import RankScheduler, all_reduce_sum
 from rollout_bandits.validation import check_choice, check_int, describe, fail
 
-__all__ = ["CBSGRPOTrainer", "SCHEDULER_FILE"]
+__all__ = ["CBSGRPOTrainer", "SCHEDULER_FILE", "char_tokenizer_fast"]
 
 _O = "CBSGRPOTrainer"
 SCHEDULER_FILE = "rollout_bandits_scheduler.pt"  # replicated state (written by the main process)
@@ -51,6 +51,25 @@ _KNOWN_KEYS = {"prompt_ids", "prompt_mask", "completion_ids", "completion_mask",
 _LOGGED_STATS = ("selection_rate", "last_selection_rate", "mean_score", "mean_bonus", "reused_total",
                  "last_num_reused", "empty_selections", "observed_arms", "regret_estimate", "prediction_rmse",
                  "last_batch_gain", "buffer_size")
+
+
+def char_tokenizer_fast(char_tokenizer=None):
+    """The embedded char tokenizer (`trainer.tokenizer.CharTokenizer`, same ids) as a
+    `PreTrainedTokenizerFast`, which TRL accepts: a `tokenizers` BPE model with no merges is one
+    token per character, built offline."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    from rollout_bandits.trainer.tokenizer import SPECIAL_TOKENS, CharTokenizer
+
+    tok = CharTokenizer() if char_tokenizer is None else char_tokenizer
+    if not isinstance(tok, CharTokenizer):
+        fail("char_tokenizer_fast", "char_tokenizer", describe(tok), "a CharTokenizer or None")
+    vocab = {t: i for i, t in enumerate(list(SPECIAL_TOKENS) + list(tok.chars))}
+    model = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    model.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=model, pad_token="<pad>", bos_token="<bos>",
+                                   eos_token="<eos>", unk_token="<unk>")
 
 
 def _atomic_save(obj, path: str) -> None:
@@ -288,7 +307,8 @@ class CBSGRPOTrainer(GRPOTrainer):
                 metrics[f"cbs/{k}"].append(float(stats[k]))
         metrics["cbs/rows_trained_per_generation"].append(float(sum(rstep.rows_per_rank)))
         metrics["cbs/rows_generated_per_generation"].append(float(rstep.step.batch.num_rollouts))
-        metrics["cbs/padding_rows"].append(float(int((~emitted["cbs_real"]).sum())))
+        if "cbs_real" in emitted:
+            metrics["cbs/padding_rows"].append(float(int((~emitted["cbs_real"]).sum())))
 
     # ---------------------------------------------------------------- checkpoints
     def _save_checkpoint(self, model, trial):
