@@ -168,6 +168,7 @@ def two_ranks(tmp_path_factory):
         torch.load(out / "single.pt", weights_only=False)
 
 
+@pytest.mark.slow  # torchrun starts 2 processes (+1 reference), each importing torch: ~35 s on 2 cores
 @pytest.mark.parametrize("spec", SPECS)
 def test_two_ranks_decide_identically(two_ranks, spec):
     (r0, r1), single = two_ranks
@@ -187,6 +188,7 @@ def test_two_ranks_decide_identically(two_ranks, spec):
     assert all(p.startswith(("s.learner", "s.counters")) for p in diff), diff
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", SPECS)
 def test_each_rank_trains_and_keeps_its_own_rollouts(two_ranks, spec):
     (r0, r1), single = two_ranks

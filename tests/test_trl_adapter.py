@@ -245,3 +245,38 @@ def test_readme_snippet_runs(tmp_path, monkeypatch):
     assert tr.state.global_step == 3
     c = tr.cbs_counters
     assert c["rows_trained"] == c["rows_chosen"] > 0
+
+
+@pytest.mark.slow  # two processes each importing torch, transformers and TRL: ~45 s on 2 cores
+def test_two_processes_under_accelerate_decide_identically(tmp_path):
+    """`accelerate launch` with 2 CPU processes (gloo); a prompt group straddles them.
+
+    accelerate 1.15 runs `launch --cpu --num_processes 2` as several processes only through
+    mpirun (`--mpirun_hostfile`, MPI / oneCCL); without one it starts a single process. Its
+    `--multi_gpu` launcher is torch.distributed.run, and GRPOConfig(use_cpu=True) keeps that job
+    on the CPU with gloo: that is what runs here."""
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.skip("accelerate's launcher is not installed")
+    cmd = [exe, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", "0", str(ROOT / "tests" / "dist" / "trl_worker.py"),
+           str(tmp_path), "cbs"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert r0["world"] == r1["world"] == 2
+    assert states_equal(r0["state"], r1["state"]) == []  # identical scheduler state on both ranks
+    assert len(r0["steps"]) == len(r1["steps"]) == 3
+    for a, b in zip(r0["steps"], r1["steps"]):
+        assert torch.equal(a["arm_ids"], b["arm_ids"]) and torch.equal(a["train_owner"], b["train_owner"])
+        assert a["generated"] == 12 and a["local"] == b["local"] == 6
+    for r, res in enumerate((r0, r1)):
+        chosen = sum(s["rows_per_rank"][r] for s in res["steps"])
+        assert res["counters"]["rows_chosen"] == res["counters"]["rows_trained"] == chosen
+        pad = sum(max(s["rows_per_rank"]) - s["rows_per_rank"][r] for s in res["steps"])
+        assert res["counters"]["padding_rows"] == pad  # every rank trains the same number of rows
+    assert r0["counters"]["rows_reused"] + r1["counters"]["rows_reused"] > 0
