@@ -173,6 +173,9 @@ def test_batch_gain_reference_model_and_several_steps_per_generation(tmp_path, m
                         train_dataset=dataset(), processing_class=char_tokenizer_fast(),
                         scheduler_config=SchedulerConfig(gain="batch", window_rounds=2, reuse_m=3))
     rec = Recorder(monkeypatch, tr)
+    clip_calls = []
+    record_clip = tr.cbs.record_clip_ratio
+    tr.cbs.record_clip_ratio = lambda rstep, c: (clip_calls.append((rstep.num_rows, c.clone())), record_clip(rstep, c))
     seen = []
     base = GRPOTrainer._compute_loss
     monkeypatch.setattr(GRPOTrainer, "_compute_loss",
@@ -181,10 +184,12 @@ def test_batch_gain_reference_model_and_several_steps_per_generation(tmp_path, m
     rec.check(tr)
     assert tr.cbs_counters["rows_reused"] > 0 and tr.scheduler.stats()["observed_arms"] > 0
     for inputs in seen:
-        assert {"old_per_token_logps", "ref_per_token_logps", "cbs_real"} <= set(inputs)
+        assert {"old_per_token_logps", "ref_per_token_logps", "cbs_row"} <= set(inputs)
         mask = inputs["completion_mask"].bool()
         assert torch.isfinite(inputs["ref_per_token_logps"][mask]).all()
         assert (inputs["ref_per_token_logps"][mask] < 0).all()
+    # Each round's per-row clipped-token fractions reach the scheduler at the next generation.
+    assert len(clip_calls) == 2 and all(c.shape == (n,) and bool(((c >= 0) & (c <= 1)).all()) for n, c in clip_calls)
     # num_items_in_batch counts the loss tokens of the emitted rows (both micro-batches).
     for a, b in zip(seen[0::2], seen[1::2]):
         total = int(a["completion_mask"].sum() + b["completion_mask"].sum())

@@ -45,6 +45,7 @@ SCHEDULER_FILE = "rollout_bandits_scheduler.pt"  # replicated state (written by 
 _RANK_FILE = "rollout_bandits_rank{}.pt"  # this rank's stored rollouts and counters
 _PENDING_FILE = "rollout_bandits_pending_rank{}.pt"  # last round's step, awaiting its per-arm gains
 _ROW_MEAN_LOSSES = ("grpo", "sapo", "dr_grpo", "luspo")
+_CLIPPED_LOSSES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")  # TRL's two-sided clipped surrogate
 _TOKEN_KEYS = ("old_per_token_logps", "sampling_per_token_logps", "ref_per_token_logps")
 _KNOWN_KEYS = {"prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages",
                "num_items_in_batch", *_TOKEN_KEYS}
@@ -123,7 +124,10 @@ class CBSGRPOTrainer(GRPOTrainer):
         self.cbs_counters = {"rounds": 0, "rows_chosen": 0, "rows_trained": 0, "rows_reused": 0, "padding_rows": 0}
         self.cbs_last_step = None  # the last RankStep (for inspection)
         self._cbs_rewards = None  # (rewards_per_func, completion_ids_list) of the batch being scored
-        self._cbs_pending = None  # (RankStep, fresh rows, reused rows) awaiting per-arm gains
+        # Last round, awaiting what the next generation reports: {"step": RankStep, "clip": [rows]
+        # clipped-token fractions, "rows": (fresh rows, reused rows) for the per-arm gains or None}.
+        self._cbs_pending = None
+        self._cbs_capture = None
 
     @property
     def scheduler(self) -> Scheduler:
@@ -142,15 +146,45 @@ class CBSGRPOTrainer(GRPOTrainer):
         return self._cbs_schedule(out)
 
     def _compute_loss(self, model, inputs):
-        loss = super()._compute_loss(model, inputs)
-        real = inputs.get("cbs_real")
-        if real is None or not self.model.training:
+        rows = inputs.get("cbs_row")
+        clip = rows is not None and self.model.training and "old_per_token_logps" in inputs and \
+            self.loss_type in _CLIPPED_LOSSES
+        self._cbs_capture = [] if clip else None
+        try:
+            loss = super()._compute_loss(model, inputs)
+            captured = self._cbs_capture
+        finally:
+            self._cbs_capture = None
+        if rows is None or not self.model.training:
             return loss
-        n, k = real.numel(), int(real.sum())
+        if captured:
+            self._cbs_clip_fraction(inputs, captured[0])
+        n, k = rows.numel(), int((rows >= 0).sum())
         self.cbs_counters["rows_trained"] += k
         if self.loss_type in _ROW_MEAN_LOSSES and 0 < k < n:
             loss = loss * (n / k)
         return loss
+
+    def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
+        out = super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
+        if self._cbs_capture is not None:  # inside _compute_loss: the loss's own log-probs
+            self._cbs_capture.append(out[0].detach())
+        return out
+
+    def _cbs_clip_fraction(self, inputs: dict, logps: torch.Tensor) -> None:
+        """Each row's fraction of clipped tokens in this update, as TRL's clip_ratio metrics count
+        them: a feature of the stored rollout, recorded at the next generation."""
+        mask = inputs["completion_mask"].float()
+        adv = inputs["advantages"].reshape(-1, 1)
+        log_ratio = logps.float() - inputs["old_per_token_logps"].float()
+        if self.importance_sampling_level == "sequence":
+            log_ratio = ((log_ratio * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0))
+        coef = torch.exp(log_ratio)
+        clipped = ((coef < 1 - self.epsilon_low) & (adv < 0)) | ((coef > 1 + self.epsilon_high) & (adv > 0))
+        frac = (clipped.float().expand_as(mask) * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+        rows = inputs["cbs_row"]
+        keep = rows >= 0
+        self._cbs_pending["clip"][rows[keep].cpu()] = frac[keep].detach().cpu()
 
     # ---------------------------------------------------------------- one round
     def _cbs_schedule(self, out: dict) -> dict:
@@ -163,7 +197,7 @@ class CBSGRPOTrainer(GRPOTrainer):
         rewards_per_func, ids_list = self._cbs_rewards
         self._cbs_rewards = None
         if self._cbs_pending is not None:
-            self._cbs_observe_pending()
+            self._cbs_report_pending()
 
         device = self.accelerator.device
         n = out["completion_ids"].shape[0]
@@ -188,8 +222,9 @@ class CBSGRPOTrainer(GRPOTrainer):
             mask_nonfinite=True, nonfinite_reward=self.cbs_nonfinite_reward)
         rows = self._cbs_rows(out, behaviour, [len(ids) for ids in ids_list])
         rstep = self.cbs.select(batch, group_ids=group_ids, advantage=out["advantages"].float(), payload=rows)
-        if self.scheduler.config.gain != "batch":
-            self._cbs_pending = (rstep, rows, list(rstep.reused_payload))
+        self._cbs_pending = {"step": rstep, "clip": torch.zeros(rstep.num_rows),
+                             "rows": None if self.scheduler.config.gain == "batch" else
+                             (rows, list(rstep.reused_payload))}
         self.cbs_last_step = rstep
         emitted = self._cbs_emit(out, rstep, rows)
         self._cbs_log(rstep, emitted)
@@ -252,7 +287,8 @@ class CBSGRPOTrainer(GRPOTrainer):
             emitted["ref_per_token_logps"] = self._cbs_ref_logps(out, fresh, t, n_real)
         # The dapo/cispo/vespo normaliser: loss tokens of the emitted rows, over all processes.
         emitted["num_items_in_batch"] = all_reduce_sum(emitted["completion_mask"].sum().to(torch.int64))
-        emitted["cbs_real"] = (torch.arange(target) < n_real).to(dev)
+        # Each row's position among this rank's train rows (-1: padding).
+        emitted["cbs_row"] = torch.where(torch.arange(target) < n_real, torch.arange(target), -1).to(dev)
         self.cbs_counters["padding_rows"] += target - n_real
         return emitted
 
@@ -279,10 +315,15 @@ class CBSGRPOTrainer(GRPOTrainer):
                 batch_size=self.args.per_device_train_batch_size, compute_entropy=entropy)
         return logps, ent
 
-    def _cbs_observe_pending(self) -> None:
-        """Per-arm gains of last round: each row's mean token log ratio under the updated policy."""
-        rstep, fresh_rows, reused_rows = self._cbs_pending
-        self._cbs_pending = None
+    def _cbs_report_pending(self) -> None:
+        """Last round's clip ratios, and its per-arm gains: each row's mean token log ratio under
+        the updated policy (one no-grad forward). Collectives: every rank calls this."""
+        pending, self._cbs_pending = self._cbs_pending, None
+        rstep = pending["step"]
+        self.cbs.record_clip_ratio(rstep, pending["clip"])
+        if pending["rows"] is None:
+            return
+        fresh_rows, reused_rows = pending["rows"]
         rows = fresh_rows + reused_rows
         ratio = torch.zeros(len(rows), dtype=torch.float64)
         if rows:
@@ -307,8 +348,8 @@ class CBSGRPOTrainer(GRPOTrainer):
                 metrics[f"cbs/{k}"].append(float(stats[k]))
         metrics["cbs/rows_trained_per_generation"].append(float(sum(rstep.rows_per_rank)))
         metrics["cbs/rows_generated_per_generation"].append(float(rstep.step.batch.num_rollouts))
-        if "cbs_real" in emitted:
-            metrics["cbs/padding_rows"].append(float(int((~emitted["cbs_real"]).sum())))
+        if "cbs_row" in emitted:
+            metrics["cbs/padding_rows"].append(float(int((emitted["cbs_row"] < 0).sum())))
 
     # ---------------------------------------------------------------- checkpoints
     def _save_checkpoint(self, model, trial):
