@@ -1,5 +1,6 @@
 """The contextual-bandit learner, the rollout buffer and the scheduler."""
 
+from rollout_bandits.bandit._online import LearnerConfig, OnlineLearner
 from rollout_bandits.bandit.buffer import BufferConfig, BufferedRollouts, RolloutBuffer
 from rollout_bandits.bandit.ee_net import EENet, EENetConfig
 from rollout_bandits.bandit.gains import (
@@ -22,8 +23,10 @@ __all__ = [
     "EENet",
     "EENetConfig",
     "GainInputs",
+    "LearnerConfig",
     "NeuralUCB",
     "NeuralUCBConfig",
+    "OnlineLearner",
     "ProbeInputs",
     "RolloutBuffer",
     "ScheduleStep",

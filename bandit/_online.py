@@ -1,16 +1,25 @@
-"""Shared pieces of the online learners: context/gain checks, running moments, bounded replay."""
+"""What the online learners share: context/gain checks, running moments, a bounded replay, the
+config fields and the state code of `OnlineLearner` (the base of NeuralUCB and EE-Net)."""
 
 from __future__ import annotations
 
-import torch
+import math
+from dataclasses import asdict, dataclass
 
+import torch
+import torch.nn.functional as F
+
+from rollout_bandits.kernels.rollout_features import NUM_FEATURES
 from rollout_bandits.validation import (  # noqa: F401  (re-exported for the learners)
     check_choice,
+    check_field_types,
     check_float,
     check_int,
     fail,
     shape_str,
 )
+
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 
 
 def check_contexts(owner: str, x, feature_dim: int) -> torch.Tensor:
@@ -111,7 +120,7 @@ class Replay:
     def load_state_dict(self, s: dict) -> None:
         n = int(s["size"])
         if n > self.capacity:
-            raise ValueError(f"Replay: found {n} stored pairs, expected at most the capacity {self.capacity}")
+            fail("Replay", "state['size']", f"{n} stored pairs", f"at most the capacity {self.capacity}")
         self.x.zero_()
         self.y.zero_()
         self.x[:n] = s["x"]
@@ -120,3 +129,243 @@ class Replay:
             v.zero_()
             v[:n] = s["extra"][k]
         self.size, self.pos = n, int(s["pos"])
+
+
+@dataclass
+class LearnerConfig:
+    """The fields every online learner has; NeuralUCBConfig and EENetConfig add their own.
+
+    The MLP (feature_dim -> hidden -> hidden -> 1, `activation`) regresses standardized gains on
+    standardized contexts (`feature_std_floor` bounds the context scale from below); each
+    `observe` runs `train_steps` Adam steps (lr, weight_decay) on `train_batch` pairs drawn
+    from the `replay_capacity` most recent ones; `seed` seeds its initialization and sampling.
+    """
+
+    feature_dim: int = NUM_FEATURES
+    hidden: int = 64
+    activation: str = "relu"
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    train_steps: int = 8
+    train_batch: int = 128
+    replay_capacity: int = 4096
+    feature_std_floor: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        o = type(self).__name__
+        check_int(o, "feature_dim", self.feature_dim, 1)
+        check_int(o, "hidden", self.hidden, 1)
+        check_choice(o, "activation", self.activation, tuple(ACTIVATIONS))
+        check_float(o, "lr", self.lr, 0.0, lo_open=True)
+        check_float(o, "weight_decay", self.weight_decay, 0.0)
+        check_int(o, "train_steps", self.train_steps, 0)
+        check_int(o, "train_batch", self.train_batch, 1)
+        check_int(o, "replay_capacity", self.replay_capacity, 1)
+        check_float(o, "feature_std_floor", self.feature_std_floor, 0.0, lo_open=True)
+        check_int(o, "seed", self.seed, 0)
+
+
+class MLP(torch.nn.Module):
+    """D -> H -> H -> 1 in the kernel's row-vector layout (w1 [D, H], ..., w3 [H], b3 0-d)."""
+
+    def __init__(self, d: int, h: int, activation: str, generator: torch.Generator):
+        super().__init__()
+
+        def uniform(*shape: int, fan_in: int) -> torch.nn.Parameter:
+            bound = 1.0 / math.sqrt(fan_in)
+            return torch.nn.Parameter((torch.rand(*shape, generator=generator) * 2 - 1) * bound)
+
+        # He-uniform for ReLU layers keeps phi's scale O(1) at init.
+        self.w1 = torch.nn.Parameter(uniform(d, h, fan_in=d).data * math.sqrt(6.0))
+        self.b1 = uniform(h, fan_in=d)
+        self.w2 = torch.nn.Parameter(uniform(h, h, fan_in=h).data * math.sqrt(6.0))
+        self.b2 = uniform(h, fan_in=h)
+        self.w3 = uniform(h, fan_in=h)
+        self.b3 = torch.nn.Parameter(torch.zeros(()))
+        self.act = ACTIVATIONS[activation]
+
+    def hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        z1 = x @ self.w1 + self.b1
+        h1 = self.act(z1)
+        z2 = h1 @ self.w2 + self.b2
+        return z1, h1, z2, self.act(z2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hidden(x)[3] @ self.w3 + self.b3
+
+
+def _adam_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
+    """optimizer.state_dict() with its tensors cloned (the live one aliases the running state)."""
+    sd = optimizer.state_dict()
+    return {"state": {i: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()}
+                      for i, s in sd["state"].items()},
+            "param_groups": [dict(g, params=list(g["params"])) for g in sd["param_groups"]]}
+
+
+class OnlineLearner:
+    """An MLP gain regressor trained online on a bounded replay, plus an exploration term.
+
+    The scorer interface the Scheduler uses: `score`, `export_weights` (None: score with
+    `score`), `observe`, `update_feature_stats`, `state_dict` / `load_state_dict`. Subclasses
+    give `name`, `_score`, `_prepare` (everything an observation needs that can fail, before
+    any state changes) and `_learn`, and list extra modules / optimizers / tensors for the
+    state in `_modules` / `_optimizers` / `_tensors`.
+    """
+
+    name = ""
+
+    def __init__(self, config: LearnerConfig):
+        self.config = cfg = config
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.mlp = MLP(cfg.feature_dim, cfg.hidden, cfg.activation, self.generator)
+        self.optimizer = torch.optim.Adam(self.mlp.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.feature_stats = RunningMoments(cfg.feature_dim)
+        self.label_stats = RunningMoments(1)
+        self.replay = Replay(cfg.replay_capacity, cfg.feature_dim, extra=self._replay_extra())
+        self.num_observed = 0
+        self._version = 0  # bumped whenever the scores could change
+
+    def _replay_extra(self) -> dict[str, int]:
+        return {}
+
+    @property
+    def owner(self) -> str:
+        return type(self).__name__
+
+    @property
+    def feature_dim(self) -> int:
+        return self.config.feature_dim
+
+    # ------------------------------------------------------------ standardization
+    def _label_scale(self) -> tuple[float, float]:
+        s = self.label_stats
+        if s.count < 2 or float(s.m2[0]) <= 0.0:
+            return (float(s.mean[0]) if s.count else 0.0), 1.0
+        return float(s.mean[0]), math.sqrt(float(s.m2[0]) / s.count)
+
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        sd = self.feature_stats.std(self.config.feature_std_floor)
+        return ((x.detach().to("cpu", torch.float64) - self.feature_stats.mean) / sd).to(torch.float32)
+
+    def update_feature_stats(self, x: torch.Tensor) -> None:
+        """Contexts seen at selection time (all candidates, not only pulled arms) set the scale."""
+        check_contexts(self.owner, x, self.feature_dim)
+        self.feature_stats.update(x)
+        self._version += 1
+
+    # ------------------------------------------------------------------ scoring
+    def export_weights(self, device: torch.device | str = "cpu"):
+        return None
+
+    def score(self, x: torch.Tensor, *, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(score, mean, bonus) [N] in raw gain units."""
+        check_contexts(self.owner, x, self.feature_dim)
+        if x.shape[0] == 0:
+            e = torch.zeros(0, device=x.device)
+            return e, e, e
+        return self._score(x, backend)
+
+    def _score(self, x: torch.Tensor, backend: str):
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- learning
+    def validate_observation(self, x: torch.Tensor, gains) -> tuple[torch.Tensor, torch.Tensor]:
+        check_contexts(self.owner, x, self.feature_dim)
+        return x, check_gains(self.owner, gains, x.shape[0])
+
+    def observe(self, x: torch.Tensor, gains) -> None:
+        """Learn from pulled arms' (context, gain) pairs. Everything that can fail is checked
+        before any state changes, so a ValueError leaves the learner as it was."""
+        x, gains = self.validate_observation(x, gains)
+        if x.shape[0] == 0:
+            return
+        x = x.detach().to("cpu", torch.float32)
+        gains = gains.detach().to("cpu", torch.float32)
+        prepared = self._prepare(x)
+        self.label_stats.update(gains[:, None])
+        self._learn(x, gains, prepared)
+        self.num_observed += x.shape[0]
+        self._version += 1
+
+    def _prepare(self, x: torch.Tensor):
+        raise NotImplementedError
+
+    def _learn(self, x: torch.Tensor, gains: torch.Tensor, prepared) -> None:
+        raise NotImplementedError
+
+    def _check_finite(self, value: torch.Tensor, what: str) -> None:
+        if not bool(torch.isfinite(value).all()):
+            row = int(torch.nonzero(~torch.isfinite(value.reshape(value.shape[0], -1)))[0, 0])
+            fail(self.owner, "contexts", f"row {row}, whose {what} overflows after standardization",
+                 "contexts within the range of those seen so far by a factor float32 can hold")
+
+    def _train(self) -> None:
+        """`train_steps` Adam steps on minibatches of the replay (then `_train_extra` on the same rows)."""
+        cfg = self.config
+        ly, sy = self._label_scale()
+        for _ in range(cfg.train_steps):
+            idx = self.replay.sample(cfg.train_batch, self.generator)
+            xs = self.standardize(self.replay.x[idx])
+            ys = (self.replay.y[idx] - ly) / sy
+            _adam_step(self.optimizer, F.mse_loss(self.mlp(xs), ys))
+            self._train_extra(idx)
+
+    def _train_extra(self, idx: torch.Tensor) -> None:
+        pass
+
+    # -------------------------------------------------------------- checkpoints
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        return {"mlp": self.mlp}
+
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"optimizer": self.optimizer}
+
+    def _tensors(self) -> tuple[str, ...]:
+        """Names of extra float64 tensor attributes that are part of the state."""
+        return ()
+
+    def state_dict(self) -> dict:
+        """Plain tensors, numbers and dicts (loads with torch.load(weights_only=True)), all copies."""
+        out = {
+            "kind": self.name,
+            "config": asdict(self.config),
+            "feature_stats": self.feature_stats.state_dict(),
+            "label_stats": self.label_stats.state_dict(),
+            "replay": self.replay.state_dict(),
+            "generator": self.generator.get_state(),
+            "num_observed": self.num_observed,
+        }
+        for k, m in self._modules().items():
+            out[k] = {n: v.detach().clone() for n, v in m.state_dict().items()}
+        for k, o in self._optimizers().items():
+            out[k] = _optimizer_state(o)
+        for k in self._tensors():
+            out[k] = getattr(self, k).clone()
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        o = self.owner
+        if state.get("kind") != self.name:
+            fail(o, "state['kind']", repr(state.get("kind")), repr(self.name))
+        if type(self.config)(**state["config"]) != self.config:
+            fail(o, "state['config']", repr(state["config"]), f"this learner's config {asdict(self.config)}")
+        for k, m in self._modules().items():
+            m.load_state_dict(state[k])
+        for k, opt in self._optimizers().items():
+            opt.load_state_dict(state[k])
+        for k in self._tensors():
+            setattr(self, k, state[k].to(torch.float64).clone())
+        self.feature_stats.load_state_dict(state["feature_stats"])
+        self.label_stats.load_state_dict(state["label_stats"])
+        self.replay.load_state_dict(state["replay"])
+        self.generator.set_state(state["generator"])
+        self.num_observed = int(state["num_observed"])
+        self._version += 1

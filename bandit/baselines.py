@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import torch
 
+from rollout_bandits.batch import group_index
+from rollout_bandits.validation import fail, shape_str
+
 
 def _sizes(group_offsets: torch.Tensor) -> torch.Tensor:
     return (group_offsets[1:] - group_offsets[:-1]).to(torch.int64).cpu()
@@ -46,7 +49,7 @@ def keep_all(group_offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def random_k(group_offsets: torch.Tensor, *, k: int | None = None, ratio: float | None = None,
              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     sizes = _sizes(group_offsets)
-    gidx = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
+    gidx = group_index(group_offsets.cpu())
     starts = torch.cumsum(sizes, 0) - sizes
     keys = torch.rand(int(sizes.sum()), generator=generator)
     perm = torch.argsort(keys)
@@ -62,7 +65,7 @@ def max_variance(rewards: torch.Tensor, group_offsets: torch.Tensor, *, k: int |
     """PODS max-variance down-sampling, vectorized over groups (loop over the split point i <= k)."""
     sizes = _sizes(group_offsets)
     g, smax = sizes.numel(), int(sizes.max())
-    gidx = torch.repeat_interleave(torch.arange(g), sizes)
+    gidx = group_index(group_offsets.cpu())
     starts = torch.cumsum(sizes, 0) - sizes
     r = rewards.detach().cpu().double()
     # Rows of rewards sorted ascending within each group, padded.
@@ -105,9 +108,9 @@ def max_variance_by_score(rewards: torch.Tensor, group_offsets: torch.Tensor, sc
     sizes = _sizes(group_offsets)
     n = int(sizes.sum())
     if scores.shape != (n,):
-        raise ValueError(f"max_variance_by_score: scores shape {tuple(scores.shape)}, expected [{n}]")
+        fail("max_variance_by_score", "scores", f"shape {shape_str(scores)}", f"[{n}]")
     _, pods = max_variance(rewards, group_offsets, k=k, ratio=ratio)
-    gidx = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
+    gidx = group_index(group_offsets.cpu())
     r = rewards.detach().cpu().double()
     _, block = torch.unique(torch.stack([gidx.double(), r], 1), dim=0, return_inverse=True)
     nb = int(block.max()) + 1 if n else 0
@@ -123,7 +126,7 @@ def max_variance_by_score(rewards: torch.Tensor, group_offsets: torch.Tensor, sc
 
 def dapo_filter(rewards: torch.Tensor, group_offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     sizes = _sizes(group_offsets)
-    gidx = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
+    gidx = group_index(group_offsets.cpu())
     r = rewards.detach().cpu().float()
     rmin = torch.full((sizes.numel(),), float("inf")).scatter_reduce(0, gidx, r, "amin")
     rmax = torch.full((sizes.numel(),), -float("inf")).scatter_reduce(0, gidx, r, "amax")

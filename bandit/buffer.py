@@ -17,6 +17,9 @@ Eviction: max age (rounds since generation), max use count, the round window
 (`window_rounds`: keep exactly the last L rounds, the paper's FIFO candidate
 set), a score floor, and, when slots or bytes run out, the lowest last score
 (`evict_order="score"`) or the oldest (`"fifo"`) first.
+
+Prompt token ids (optional) are kept per slot as references to the caller's per-prompt
+tensors, so a prompt shared by a group is held once; evicted slots drop their reference.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from rollout_bandits.bandit._online import check_choice, check_float, check_int, fail
+from rollout_bandits.bandit.gains import group_centered_reward
 from rollout_bandits.batch import RolloutBatch
 from rollout_bandits.kernels.rollout_features import FEATURE_INDEX, NUM_FEATURES
+from rollout_bandits.validation import check_choice, check_field_types, check_float, check_int, fail
 
 _AGE_COL = FEATURE_INDEX["age"]
 _REUSE_COL = FEATURE_INDEX["reuse_count"]
@@ -47,6 +51,7 @@ class BufferConfig:
     feature_dim: int = NUM_FEATURES
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         o = "BufferConfig"
         check_int(o, "capacity", self.capacity, 1)
         check_int(o, "max_bytes", self.max_bytes, 64)
@@ -66,8 +71,24 @@ class BufferedRollouts:
     slots: torch.Tensor
     arm_ids: torch.Tensor
     prompt_ids: torch.Tensor
-    advantage: torch.Tensor  # computed against the rollout's full original group
+    advantage: torch.Tensor  # computed against the rollout's full original group (or the trainer's)
+    advantage_centered: torch.Tensor  # r - the original group's mean (or the trainer's advantage)
     contexts: torch.Tensor  # last contexts, age and use count refreshed
+    prompt_tokens: list  # per row: the prompt's token ids [P] int64, or None when not given
+
+
+@dataclass
+class AdvancePlan:
+    """What `advance(round_index)` will do, computed without changing anything."""
+
+    round_index: int
+    age: torch.Tensor  # [capacity] every slot's age after the advance
+    drop: torch.Tensor  # [capacity] bool, the slots it evicts
+
+    def live(self, buffer: RolloutBuffer) -> torch.Tensor:
+        """The slots still live after the advance, in insertion order."""
+        s = buffer.live_slots()
+        return s[~self.drop[s]]
 
 
 _SLOT_FIELDS = {
@@ -81,6 +102,7 @@ _SLOT_FIELDS = {
     "reuse_count": (torch.int64, 0),
     "reward": (torch.float32, 0.0),
     "advantage": (torch.float32, 0.0),
+    "advantage_centered": (torch.float32, 0.0),
     "clip_ratio": (torch.float32, 0.0),
     "truncated": (torch.bool, False),
     "last_gain": (torch.float32, float("nan")),
@@ -97,6 +119,8 @@ class RolloutBuffer:
         self.valid = torch.zeros(c, dtype=torch.bool)
         self.slot = {k: torch.full((c,), fill, dtype=dt) for k, (dt, fill) in _SLOT_FIELDS.items()}
         self.context = torch.zeros(c, cfg.feature_dim)
+        self.prompt_tokens: list[torch.Tensor | None] = [None] * c
+        self._prompts_kept = False  # whether any prompt tokens were ever stored (skips the list work)
         self.arena: dict[str, torch.Tensor] = {}  # stream -> flat storage, created on first insert
         self.arena_used = 0  # arena[:arena_used] is packed or holds holes left by evictions
         self.next_seq = 0
@@ -130,6 +154,10 @@ class RolloutBuffer:
         s = torch.nonzero(self.valid).flatten()
         return s[torch.argsort(self.slot["seq"][s])]
 
+    def live_prompt_ids(self) -> torch.Tensor:
+        """The distinct prompt ids of the stored rollouts (sorted int64; -1 = not given)."""
+        return torch.unique(self.slot["prompt_id"][self.valid])
+
     # -------------------------------------------------------------- eviction
     def _evict(self, slots: torch.Tensor) -> None:
         if slots.numel():
@@ -137,6 +165,9 @@ class RolloutBuffer:
             self.slot["last_gain"][slots] = float("nan")
             self.slot["last_score"][slots] = -float("inf")
             self.evicted_total += int(slots.numel())
+            if self._prompts_kept:
+                for i in slots.tolist():
+                    self.prompt_tokens[i] = None
 
     def _eviction_order(self, slots: torch.Tensor) -> torch.Tensor:
         """`slots` (in insertion order) sorted first-to-evict first."""
@@ -144,24 +175,33 @@ class RolloutBuffer:
             return slots
         return slots[torch.sort(self.slot["last_score"][slots], stable=True).indices]
 
-    def advance(self, round_index: int) -> int:
-        """Start a round: age every entry, drop those past age, use count, window or score floor."""
+    def plan_advance(self, round_index: int) -> AdvancePlan:
+        """What starting round `round_index` does (ages, and who is dropped for age, use count,
+        window or score floor), without doing it: a caller can score the candidates first."""
         cfg = self.config
         v = self.valid
+        age = self.slot["age"]
         if self.current_round >= 0:
-            self.slot["age"][v] += round_index - self.current_round
-        self.current_round = round_index
+            age = torch.where(v, age + (round_index - self.current_round), age)
         drop = torch.zeros_like(v)
         if cfg.max_age is not None:
-            drop |= self.slot["age"] > cfg.max_age
+            drop |= age > cfg.max_age
         if cfg.max_reuse is not None:
             drop |= self.slot["reuse_count"] >= cfg.max_reuse
         if cfg.window_rounds is not None:
             drop |= self.slot["round"] < round_index - cfg.window_rounds
         if cfg.score_floor is not None:
             drop |= self.slot["last_score"] < cfg.score_floor
-        drop &= v
-        slots = torch.nonzero(drop).flatten()
+        return AdvancePlan(round_index, age, drop & v)
+
+    def advance(self, round_index: int, plan: AdvancePlan | None = None) -> int:
+        """Start a round: age every entry, drop those past age, use count, window or score floor.
+        `plan` = plan_advance(round_index) made since the last change, if the caller has it."""
+        if plan is None or plan.round_index != round_index:
+            plan = self.plan_advance(round_index)
+        self.slot["age"] = plan.age
+        self.current_round = round_index
+        slots = torch.nonzero(plan.drop).flatten()
         self._evict(slots)
         return int(slots.numel())
 
@@ -173,7 +213,8 @@ class RolloutBuffer:
         if batch.token_ids is not None:
             self.arena["token_ids"] = torch.empty(0, dtype=batch.token_ids.dtype)
 
-    def _check_streams(self, batch: RolloutBatch) -> None:
+    def check_insertable(self, batch: RolloutBatch) -> None:
+        """The batch has the streams (and token id dtype) of the batches already stored."""
         if not self.arena:
             return
         for name in ("token_entropy", "token_ids"):
@@ -221,18 +262,26 @@ class RolloutBuffer:
     # ----------------------------------------------------------------- insert
     def insert(self, batch: RolloutBatch, *, contexts: torch.Tensor, arm_ids: torch.Tensor,
                group_uids: torch.Tensor, prompt_ids: torch.Tensor, advantage: torch.Tensor,
-               scores: torch.Tensor, used: torch.Tensor, round_index: int) -> torch.Tensor:
+               scores: torch.Tensor, used: torch.Tensor, round_index: int,
+               advantage_centered: torch.Tensor | None = None,
+               prompt_tokens: list | None = None) -> torch.Tensor:
         """Store a round's rollouts; returns the arm ids actually stored.
 
         `used` marks rollouts selected for training this round (they enter with use count + 1).
-        When the batch alone exceeds the slot or byte budget, its lowest-priority rollouts are
-        dropped (the newest are kept under FIFO, the best-scored under score eviction).
+        `advantage_centered` defaults to r - group mean; `prompt_tokens` (one entry per rollout,
+        a tensor or None) are kept by reference. When the batch alone exceeds the slot or byte
+        budget, its lowest-priority rollouts are dropped (the newest are kept under FIFO, the
+        best-scored under score eviction).
         """
         cfg = self.config
         n = batch.num_rollouts
         if contexts.shape != (n, cfg.feature_dim):
             fail("RolloutBuffer", "contexts", f"shape {list(contexts.shape)}", f"[{n}, {cfg.feature_dim}]")
-        self._check_streams(batch)
+        if prompt_tokens is not None and len(prompt_tokens) != n:
+            fail("RolloutBuffer", "prompt_tokens", f"{len(prompt_tokens)} entries", f"{n} (one per rollout)")
+        self.check_insertable(batch)
+        if advantage_centered is None:
+            advantage_centered = group_centered_reward(batch)
         if not self.arena:
             self._init_streams(batch)
         lengths = batch.lengths.cpu()
@@ -279,11 +328,16 @@ class RolloutBuffer:
             + used.cpu()[keep].to(torch.int64)
         s["reward"][slots] = batch.reward.detach().cpu().float()[keep]
         s["advantage"][slots] = advantage.detach().cpu().float()[keep]
+        s["advantage_centered"][slots] = advantage_centered.detach().cpu().float()[keep]
         s["clip_ratio"][slots] = batch.per_rollout("clip_ratio").cpu()[keep]
         s["truncated"][slots] = batch.per_rollout("truncated", torch.bool).cpu()[keep]
         s["last_gain"][slots] = float("nan")
         s["last_score"][slots] = scores.detach().cpu().float()[keep]
         self.context[slots] = contexts.detach().cpu().float()[keep]
+        if prompt_tokens is not None or self._prompts_kept:
+            self._prompts_kept = True
+            for i, j in zip(slots.tolist(), keep.tolist(), strict=True):
+                self.prompt_tokens[i] = None if prompt_tokens is None else prompt_tokens[j]
         self.valid[slots] = True
         if batch.max_response_len is not None:
             self.max_response_len = max(self.max_response_len, int(batch.max_response_len))
@@ -291,11 +345,12 @@ class RolloutBuffer:
         return s["arm_id"][slots]
 
     # ------------------------------------------------------------- candidates
-    def candidate_contexts(self, slots: torch.Tensor) -> torch.Tensor:
-        """Stored contexts with the staleness columns (age, use count) brought up to date."""
+    def candidate_contexts(self, slots: torch.Tensor, age: torch.Tensor | None = None) -> torch.Tensor:
+        """Stored contexts with the staleness columns (age, use count) brought up to date
+        (`age`: every slot's age, e.g. an AdvancePlan's, instead of the current one)."""
         ctx = self.context[slots].clone()
         if self.config.feature_dim == NUM_FEATURES:
-            ctx[:, _AGE_COL] = self.slot["age"][slots].float()
+            ctx[:, _AGE_COL] = (self.slot["age"] if age is None else age)[slots].float()
             ctx[:, _REUSE_COL] = self.slot["reuse_count"][slots].float()
             ctx[:, _CLIP_COL] = self.slot["clip_ratio"][slots].float()
         return ctx
@@ -339,6 +394,7 @@ class RolloutBuffer:
         total = int(offsets[-1])
         src = torch.repeat_interleave(s["tok_start"][slots] - offsets[:-1], lens) + torch.arange(total)
         streams = {name: a[src] for name, a in self.arena.items()}
+        floats = [v for k, v in streams.items() if k != "token_ids"]
         batch = RolloutBatch(
             token_logprobs=streams["token_logprobs"],
             offsets=offsets,
@@ -351,11 +407,20 @@ class RolloutBuffer:
             truncated=s["truncated"][slots].clone(),
             clip_ratio=s["clip_ratio"][slots].clone(),
             max_response_len=self.max_response_len,
+            mask_nonfinite=not all(bool(torch.isfinite(v).all()) for v in floats),
+            allow_empty_rollouts=bool((lens == 0).any()),
         )
         return BufferedRollouts(batch=batch, slots=slots, arm_ids=s["arm_id"][slots].clone(),
                                 prompt_ids=s["prompt_id"][slots].clone(),
                                 advantage=s["advantage"][slots].clone(),
-                                contexts=self.candidate_contexts(slots))
+                                advantage_centered=s["advantage_centered"][slots].clone(),
+                                contexts=self.candidate_contexts(slots),
+                                prompt_tokens=self._prompts_of(slots))
+
+    def _prompts_of(self, slots: torch.Tensor) -> list:
+        if not self._prompts_kept:
+            return [None] * slots.numel()
+        return [self.prompt_tokens[i] for i in slots.tolist()]
 
     # ------------------------------------------------------------------ stats
     def age_histogram(self, bins: int | None = None) -> list[int]:
@@ -380,6 +445,7 @@ class RolloutBuffer:
             "config": asdict(self.config),
             "slot": out["slot"],
             "context": self.context[live].clone(),
+            "prompt_tokens": self._prompts_of(live),
             "streams": out["streams"],
             "stream_dtypes": {k: str(a.dtype) for k, a in self.arena.items()},
             "next_seq": self.next_seq,
@@ -405,6 +471,8 @@ class RolloutBuffer:
         for k, v in state["slot"].items():
             self.slot[k][:n] = v
         self.context[:n] = state["context"]
+        self.prompt_tokens[:n] = list(state["prompt_tokens"])
+        self._prompts_kept = any(p is not None for p in state["prompt_tokens"])
         self.arena = {k: v.clone() for k, v in state["streams"].items()}
         if not self.arena and state["stream_dtypes"]:
             self.arena = {k: torch.empty(0, dtype=getattr(torch, d.split(".")[-1]))

@@ -35,40 +35,36 @@ from dataclasses import dataclass
 
 import torch
 
-from rollout_bandits.bandit._online import shape_str
-from rollout_bandits.batch import RolloutBatch
+from rollout_bandits.batch import RolloutBatch, group_index
+from rollout_bandits.kernels.feature_spec import group_reward_stats
+from rollout_bandits.validation import check_bool, check_tensor, fail, shape_str
 
 GAIN_SIGNALS = ("batch", "self", "heldout", "probe", "auto")
 
 
-def _fail(field: str, found: str, expected: str) -> None:
-    raise ValueError(f"GainInputs.{field}: found {found}, expected {expected}")
-
-
-def _check_streams(owner, before, after, offsets, reward, group_offsets) -> None:
-    def f(field, found, expected):
-        raise ValueError(f"{owner}.{field}: found {found}, expected {expected}")
-
+def _check_streams(owner, before, after, offsets, reward, group_offsets, mask_nonfinite) -> None:
     for name, t in (("logp_before", before), ("logp_after", after)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 1 or not t.dtype.is_floating_point:
-            f(name, shape_str(t) if isinstance(t, torch.Tensor) else type(t).__name__, "a flat float stream [T]")
+        check_tensor(owner, name, t, dim=1, kind="float", expected="a flat float stream [T]")
     if before.shape != after.shape:
-        f("logp_after", f"shape {shape_str(after)}", f"{shape_str(before)} (as logp_before)")
-    if offsets.dim() != 1 or offsets.numel() < 2 or int(offsets[0]) != 0 or int(offsets[-1]) != before.numel():
-        f("offsets", f"shape {shape_str(offsets)}", f"[N+1] from 0 to T={before.numel()}")
-    if bool(((offsets[1:] - offsets[:-1]) <= 0).any()):
-        f("offsets", "a rollout with no tokens", "at least one token per rollout")
+        fail(owner, "logp_after", f"shape {shape_str(after)}", f"{shape_str(before)} (as logp_before)")
+    check_tensor(owner, "offsets", offsets, dim=1, kind="int")
+    if offsets.numel() < 1 or int(offsets[0]) != 0 or int(offsets[-1]) != before.numel():
+        fail(owner, "offsets", f"shape {shape_str(offsets)}", f"[N+1] from 0 to T={before.numel()}")
+    if bool(((offsets[1:] - offsets[:-1]) < 0).any()):
+        fail(owner, "offsets", "a decrease", "non-decreasing offsets")
     n = offsets.numel() - 1
-    if reward.shape != (n,):
-        f("reward", f"shape {shape_str(reward)}", f"[{n}]")
-    for name, t in (("logp_before", before), ("logp_after", after), ("reward", reward)):
+    check_tensor(owner, "reward", reward, shape=(n,), kind="float")
+    check_bool(owner, "mask_nonfinite", mask_nonfinite)
+    streams = (("reward", reward),) if mask_nonfinite else (("logp_before", before), ("logp_after", after),
+                                                            ("reward", reward))
+    for name, t in streams:
         if t.numel() and not bool(torch.isfinite(t).all()):
             i = int(torch.nonzero(~torch.isfinite(t))[0])
-            f(name, f"{t[i].item()} at index {i}", "finite values")
-    go = group_offsets
-    if go.dim() != 1 or go.numel() < 2 or int(go[0]) != 0 or int(go[-1]) != n or bool(((go[1:] - go[:-1]) <= 0).any()):
-        f("group_offsets", f"{go.tolist() if go.numel() < 12 else shape_str(go)}",
-          f"[G+1] increasing from 0 to N={n}")
+            fail(owner, name, f"{t[i].item()} at index {i}", "finite values")
+    go = check_tensor(owner, "group_offsets", group_offsets, dim=1, kind="int")
+    if go.numel() < 1 or int(go[0]) != 0 or int(go[-1]) != n or bool(((go[1:] - go[:-1]) <= 0).any()):
+        fail(owner, "group_offsets", f"{go.tolist() if go.numel() < 12 else shape_str(go)}",
+             f"[G+1] increasing from 0 to N={n}")
 
 
 @dataclass
@@ -80,10 +76,11 @@ class ProbeInputs:
     offsets: torch.Tensor
     reward: torch.Tensor
     group_offsets: torch.Tensor
+    mask_nonfinite: bool = False
 
     def validate(self) -> ProbeInputs:
         _check_streams("ProbeInputs", self.logp_before, self.logp_after, self.offsets, self.reward,
-                       self.group_offsets)
+                       self.group_offsets, self.mask_nonfinite)
         return self
 
 
@@ -93,6 +90,9 @@ class GainInputs:
 
     `selected` marks the rollouts that were trained on (the pulled arms), `arm_ids` names them.
     `advantage` defaults to the group-normalized reward (r - mean) / (std + 1e-6).
+    `mask_nonfinite`: tokens whose log-prob before or after is NaN/inf are left out of the
+    log ratios (as `RolloutBatch.mask_nonfinite` leaves them out of the features); rollouts
+    without tokens have a log ratio of 0.
     """
 
     logp_before: torch.Tensor
@@ -104,20 +104,19 @@ class GainInputs:
     arm_ids: torch.Tensor
     advantage: torch.Tensor | None = None
     probe: ProbeInputs | None = None
+    mask_nonfinite: bool = False
 
     def validate(self) -> GainInputs:
-        _check_streams("GainInputs", self.logp_before, self.logp_after, self.offsets, self.reward,
-                       self.group_offsets)
+        o = "GainInputs"
+        _check_streams(o, self.logp_before, self.logp_after, self.offsets, self.reward, self.group_offsets,
+                       self.mask_nonfinite)
         n = self.reward.numel()
-        if self.selected.shape != (n,) or self.selected.dtype != torch.bool:
-            _fail("selected", f"{shape_str(self.selected)} {self.selected.dtype}", f"a bool mask [{n}]")
-        if self.arm_ids.shape != (n,) or self.arm_ids.dtype.is_floating_point:
-            _fail("arm_ids", f"{shape_str(self.arm_ids)} {self.arm_ids.dtype}", f"integer ids [{n}]")
+        check_tensor(o, "selected", self.selected, shape=(n,), kind="bool")
+        check_tensor(o, "arm_ids", self.arm_ids, shape=(n,), kind="int")
         if self.advantage is not None:
-            if self.advantage.shape != (n,):
-                _fail("advantage", f"shape {shape_str(self.advantage)}", f"[{n}]")
+            check_tensor(o, "advantage", self.advantage, shape=(n,), kind="float")
             if not bool(torch.isfinite(self.advantage).all()):
-                _fail("advantage", "NaN or inf", "finite advantages")
+                fail(o, "advantage", "NaN or inf", "finite advantages")
         if self.probe is not None:
             self.probe.validate()
         return self
@@ -130,14 +129,16 @@ class ArmGains:
 
 
 # ---------------------------------------------------------------- helpers
-def _group_index(group_offsets: torch.Tensor) -> torch.Tensor:
-    sizes = (group_offsets[1:] - group_offsets[:-1]).to(torch.int64)
-    return torch.repeat_interleave(torch.arange(sizes.numel(), device=sizes.device), sizes)
+def group_centered_reward(batch: RolloutBatch) -> torch.Tensor:
+    """Dr.GRPO's advantage r - group mean, [N] float32 on the CPU: the reward minus its
+    `group_reward_mean` feature, computed as the features compute it."""
+    mean = group_reward_stats(batch, 0.0)[0].detach().cpu()  # reads the rewards and groups only
+    return batch.reward.detach().cpu().float() - mean.float()
 
 
 def group_advantage(reward: torch.Tensor, group_offsets: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """GRPO's (r - group mean) / (group std + eps), population std."""
-    gidx = _group_index(group_offsets)
+    gidx = group_index(group_offsets)
     g = group_offsets.numel() - 1
     r = reward.double()
     cnt = torch.zeros(g, dtype=torch.float64).index_add_(0, gidx, torch.ones_like(r))
@@ -146,18 +147,27 @@ def group_advantage(reward: torch.Tensor, group_offsets: torch.Tensor, eps: floa
     return ((r - mean[gidx]) / (var.sqrt()[gidx] + eps)).float()
 
 
-def _per_rollout_log_ratio(before, after, offsets, level: str) -> torch.Tensor:
+def _per_rollout_log_ratio(before, after, offsets, level: str, mask_nonfinite: bool = False) -> torch.Tensor:
+    """Mean (level "token") or sum ("sequence") of log pi_after - log pi_before per rollout, over
+    its finite tokens when `mask_nonfinite`; 0 for a rollout without (finite) tokens."""
     lengths = (offsets[1:] - offsets[:-1]).to(torch.int64)
     diff = (after.double() - before.double())
+    count = lengths.double()
+    if mask_nonfinite:
+        valid = torch.isfinite(diff)
+        diff = torch.where(valid, diff, 0.0)
+        count = torch.segment_reduce(valid.double(), "sum", lengths=lengths)
     s = torch.segment_reduce(diff, "sum", lengths=lengths)
-    return s / lengths.double() if level == "token" else s
+    return s / count.clamp_min(1.0) if level == "token" else s
 
 
-def _group_gain(before, after, offsets, reward, group_offsets, heldout, *, log_ratio_clip, ratio_level):
+def _group_gain(before, after, offsets, reward, group_offsets, heldout, *, log_ratio_clip, ratio_level,
+                mask_nonfinite=False):
     """(dJ_g over the held-out rows of each group, number of held-out rows per group)."""
-    gidx = _group_index(group_offsets)
+    gidx = group_index(group_offsets)
     g = group_offsets.numel() - 1
-    lr = _per_rollout_log_ratio(before, after, offsets, ratio_level).clamp(-log_ratio_clip, log_ratio_clip)
+    lr = _per_rollout_log_ratio(before, after, offsets, ratio_level, mask_nonfinite)
+    lr = lr.clamp(-log_ratio_clip, log_ratio_clip)
     r = reward.double()
     cnt = torch.zeros(g, dtype=torch.float64).index_add_(0, gidx, torch.ones_like(r))
     base = torch.zeros(g, dtype=torch.float64).index_add_(0, gidx, r) / cnt
@@ -172,7 +182,7 @@ def _group_gain(before, after, offsets, reward, group_offsets, heldout, *, log_r
 def self_gain(inp: GainInputs, **_) -> ArmGains:
     """[ours] A_i * (mean logp_after - mean logp_before) for each pulled arm."""
     adv = inp.advantage if inp.advantage is not None else group_advantage(inp.reward, inp.group_offsets)
-    moved = _per_rollout_log_ratio(inp.logp_before, inp.logp_after, inp.offsets, "token")
+    moved = _per_rollout_log_ratio(inp.logp_before, inp.logp_after, inp.offsets, "token", inp.mask_nonfinite)
     gain = (adv.double() * moved).float()
     sel = inp.selected
     return ArmGains(inp.arm_ids[sel].to(torch.int64), gain[sel])
@@ -182,8 +192,9 @@ def heldout_gain(inp: GainInputs, *, log_ratio_clip: float = 2.0, ratio_level: s
     """[ours] Group's importance-sampled reward gain on its unselected rollouts, split over its
     pulled arms; arms whose group has no unselected rollout get no label."""
     dj, n_h = _group_gain(inp.logp_before, inp.logp_after, inp.offsets, inp.reward, inp.group_offsets,
-                          ~inp.selected, log_ratio_clip=log_ratio_clip, ratio_level=ratio_level)
-    gidx = _group_index(inp.group_offsets)
+                          ~inp.selected, log_ratio_clip=log_ratio_clip, ratio_level=ratio_level,
+                          mask_nonfinite=inp.mask_nonfinite)
+    gidx = group_index(inp.group_offsets)
     g = dj.numel()
     k = torch.zeros(g, dtype=torch.float64).index_add_(0, gidx, inp.selected.double())
     keep = inp.selected & (n_h[gidx] > 0)
@@ -195,10 +206,10 @@ def probe_gain(inp: GainInputs, *, log_ratio_clip: float = 2.0, ratio_level: str
     """[ours] The reward gain on the probe prompts (mean over probe groups), given to every pulled arm."""
     p = inp.probe
     if p is None:
-        raise ValueError("GainInputs.probe: found None, expected ProbeInputs for the 'probe' gain signal")
+        fail("GainInputs", "probe", "None", "ProbeInputs for the 'probe' gain signal")
     dj, _ = _group_gain(p.logp_before, p.logp_after, p.offsets, p.reward, p.group_offsets,
                         torch.ones(p.reward.numel(), dtype=torch.bool),
-                        log_ratio_clip=log_ratio_clip, ratio_level=ratio_level)
+                        log_ratio_clip=log_ratio_clip, ratio_level=ratio_level, mask_nonfinite=p.mask_nonfinite)
     sel = inp.selected
     return ArmGains(inp.arm_ids[sel].to(torch.int64),
                     torch.full((int(sel.sum()),), float(dj.mean()), dtype=torch.float32))
@@ -206,7 +217,7 @@ def probe_gain(inp: GainInputs, *, log_ratio_clip: float = 2.0, ratio_level: str
 
 def auto_gain(inp: GainInputs, **opts) -> ArmGains:
     """[ours] heldout where the arm's group has unselected rollouts, self otherwise."""
-    gidx = _group_index(inp.group_offsets)
+    gidx = group_index(inp.group_offsets)
     g = inp.group_offsets.numel() - 1
     n_unsel = torch.zeros(g, dtype=torch.int64).index_add_(0, gidx, (~inp.selected).to(torch.int64))
     held = heldout_gain(inp, **opts)
@@ -224,8 +235,8 @@ _PER_ARM = {"self": self_gain, "heldout": heldout_gain, "probe": probe_gain, "au
 def compute_gains(signal: str, inputs: GainInputs, **opts) -> ArmGains:
     """Per-arm gains of one step by the named signal (`batch` is computed by the Scheduler)."""
     if signal not in _PER_ARM:
-        raise ValueError(f"compute_gains: signal {signal!r}, expected one of {sorted(_PER_ARM)} "
-                         "('batch' is computed inside Scheduler.select)")
+        fail("compute_gains", "signal", repr(signal),
+             f"one of {sorted(_PER_ARM)} ('batch' is computed inside Scheduler.select)")
     return _PER_ARM[signal](inputs.validate(), **opts)
 
 
@@ -250,6 +261,6 @@ def batch_gain(v_t: float, v_next: float, e_t: float, e_next: float, *, entropy_
     """[paper] R_t = V_{t+1} - V_t - w_e * 1[E_t > e_min] * (E_{t+1} - E_t)."""
     for name, x in (("v_t", v_t), ("v_next", v_next), ("e_t", e_t), ("e_next", e_next)):
         if not math.isfinite(x):
-            raise ValueError(f"batch_gain: {name} = {x}, expected a finite value")
+            fail("batch_gain", name, repr(x), "a finite value")
     guard = 1.0 if e_t > entropy_min else 0.0
     return (v_next - v_t) - entropy_weight * guard * (e_next - e_t)

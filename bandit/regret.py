@@ -23,6 +23,7 @@ from rollout_bandits.bandit.neural_ucb import NeuralUCB, NeuralUCBConfig
 from rollout_bandits.kernels.group_topk import group_topk
 from rollout_bandits.kernels.rollout_features import NUM_FEATURES, rollout_features_reference
 from rollout_bandits.synthetic import synthetic_batch
+from rollout_bandits.validation import check_field_types, check_float, check_int, fail
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,14 @@ class RegretEnvConfig:
     noise: float = 0.1
     mean_len: int = 8
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        o = "RegretEnvConfig"
+        for name in ("num_groups", "group_size", "k", "mean_len"):
+            check_int(o, name, getattr(self, name), 1)
+        check_float(o, "noise", self.noise, 0.0)
+        check_int(o, "seed", self.seed, 0)
 
 
 class RolloutBanditEnv:
@@ -171,7 +180,7 @@ def make_policy(name: str, k: int, *, seed: int = 0, gamma: float | None = None,
         return LinUCB(k)
     if name == "random":
         return RandomPolicy(k, seed=seed)
-    raise ValueError(f"make_policy: name {name!r}, expected neural_ucb | ee_net | eps_greedy | linucb | random")
+    fail("make_policy", "name", repr(name), "neural_ucb | ee_net | eps_greedy | linucb | random")
 
 
 def run_regret(policy, env: RolloutBanditEnv, rounds: int) -> torch.Tensor:

@@ -40,9 +40,8 @@ that takes the ties at the threshold lowest index first.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
+from rollout_bandits.kernels._triton import tl, triton
 from rollout_bandits.kernels.launch import LaunchConfig, launch_config, new_output
 from rollout_bandits.validation import check_float, check_int, check_tensor, fail, shape_str, use_triton
 

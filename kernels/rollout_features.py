@@ -50,10 +50,9 @@ stream dtype serves every batch, and the launch needs no per-rollout index.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
 from rollout_bandits.batch import RolloutBatch
+from rollout_bandits.kernels._triton import tl, triton
 from rollout_bandits.kernels.feature_spec import (
     FEATURE_INDEX,
     FEATURE_NAMES,

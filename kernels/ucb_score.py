@@ -37,9 +37,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-import triton
-import triton.language as tl
 
+from rollout_bandits.kernels._triton import tl, triton
 from rollout_bandits.kernels.launch import LaunchConfig, launch_config, new_output
 from rollout_bandits.validation import check_choice, check_float, check_tensor, fail, shape_str, use_triton
 

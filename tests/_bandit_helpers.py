@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 import torch
 
 
@@ -42,3 +43,12 @@ def one_thread():
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     return n
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny tensors: threads only add contention on a shared machine. Autouse in every module
+    that imports it."""
+    n = one_thread()
+    yield
+    torch.set_num_threads(n)

@@ -2,7 +2,7 @@
 with no spill and within the per-block shared memory, checked ahead of time without a GPU
 (kernels/aot.py), and the committed table in benchmarks/results/ is the one the check computes."""
 
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
@@ -10,15 +10,14 @@ import sys
 
 import pytest
 
-from rollout_bandits.kernels import aot
-from rollout_bandits.kernels.feature_spec import NUM_FEATURES
+pytest.importorskip("triton.backends.nvidia", reason="no Triton with an NVIDIA backend (ptxas) to compile with")
+
+from rollout_bandits.kernels import aot  # noqa: E402
+from rollout_bandits.kernels.feature_spec import NUM_FEATURES  # noqa: E402
 
 rf = importlib.import_module("rollout_bandits.kernels.rollout_features")
 us = importlib.import_module("rollout_bandits.kernels.ucb_score")
 tk = importlib.import_module("rollout_bandits.kernels.group_topk")
-
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton.backends.nvidia") is None,
-                                reason="this Triton has no NVIDIA backend (ptxas) to compile with")
 
 # The fields that depend only on the kernels and the Triton version (not on the machine's speed).
 STABLE = ("kernel", "variant", "config", "num_warps", "num_stages", "target", "arch", "registers", "stack_bytes",

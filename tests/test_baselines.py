@@ -2,18 +2,11 @@ import itertools
 
 import pytest
 import torch
-from _bandit_helpers import one_thread, roundtrip
+from _bandit_helpers import roundtrip, single_thread  # noqa: F401  (single_thread: autouse)
 
 from rollout_bandits.bandit import Scheduler, SchedulerConfig
 from rollout_bandits.bandit.baselines import dapo_filter, max_variance, random_k
 from rollout_bandits.synthetic import synthetic_batch
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = one_thread()
-    yield
-    torch.set_num_threads(n)
 
 
 def _batch(t):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from rollout_bandits import RolloutBatch
+from rollout_bandits.batch import group_index
 from rollout_bandits.synthetic import synthetic_batch
 
 
@@ -45,11 +46,11 @@ BAD_CASES = {
     "offsets_end": (dict(offsets=torch.tensor([0, 2, 3, 5])), "offsets", "number of tokens"),
     "offsets_non_monotone": (dict(offsets=torch.tensor([0, 4, 3, 6])), "offsets", "monotone"),
     "empty_rollout": (dict(offsets=torch.tensor([0, 2, 2, 6])), "offsets", "0 tokens"),
-    "empty_batch": (
+    "groups_in_empty_batch": (
         dict(offsets=torch.tensor([0]), token_logprobs=torch.zeros(0), token_entropy=None,
-             cur_logprobs=None, reward=torch.zeros(0), group_offsets=torch.tensor([0]),
+             cur_logprobs=None, reward=torch.zeros(0), group_offsets=torch.tensor([0, 0]),
              age=None, reuse_count=None, truncated=None, clip_ratio=None),
-        "offsets", "empty batch",
+        "group_offsets", "at least one rollout",
     ),
     "reward_len": (dict(reward=torch.zeros(2)), "reward", "[3]"),
     "reward_int": (dict(reward=torch.tensor([1, 0, 1])), "reward", "floating"),
@@ -71,6 +72,14 @@ BAD_CASES = {
     "max_len_not_int": (dict(max_response_len=2.5), "max_response_len", "positive int"),
     "token_ids_len": (dict(token_ids=torch.zeros(4, dtype=torch.int64)), "token_ids", "[6]"),
     "not_a_tensor": (dict(age=[0, 0, 0]), "age", "torch.Tensor"),
+    # Issue 14 item 13: these were an AttributeError, or silently accepted.
+    "reward_none": (dict(reward=None), "reward", "torch.Tensor"),
+    "offsets_none": (dict(offsets=None), "offsets", "torch.Tensor"),
+    "group_ids_contradict_offsets": (dict(group_ids=torch.tensor([0, 1, 1])), "group_ids", "group_offsets"),
+    "mask_nonfinite_string": (dict(mask_nonfinite="no"), "mask_nonfinite", "bool"),
+    "max_len_bool": (dict(max_response_len=True), "max_response_len", "positive int"),
+    "allow_empty_string": (dict(allow_empty_rollouts="yes"), "allow_empty_rollouts", "bool"),
+    "nonfinite_reward_unknown": (dict(nonfinite_reward="drop"), "nonfinite_reward", "group_min"),
     "device_mix": (dict(age=torch.zeros(3, device="meta")), "age", "device"),
 }
 
@@ -82,6 +91,39 @@ def test_validate_rejects(case):
         _good(**over).validate()
     msg = str(err.value)
     assert f"RolloutBatch.{field}" in msg and expected in msg and "found" in msg
+
+
+def test_an_empty_batch_is_valid():
+    """0 rollouts (offsets [0], group_offsets [0]): what an empty selection trains on."""
+    b = _good(offsets=torch.tensor([0]), token_logprobs=torch.zeros(0), token_entropy=None, cur_logprobs=None,
+              reward=torch.zeros(0), group_offsets=torch.tensor([0]), age=None, reuse_count=None,
+              truncated=None, clip_ratio=None).validate()
+    assert b.num_rollouts == 0 and b.num_groups == 0 and b.group_index().numel() == 0
+    assert b.to_padded()["mask"].shape == (0, 0)
+    assert b.take(torch.zeros(0, dtype=torch.int64)).validate().num_rollouts == 0
+
+
+def test_concat_keeps_rows_groups_and_streams():
+    a = synthetic_batch(3, (1, 4), 5, seed=1)
+    b = synthetic_batch(2, (2, 3), 7, seed=2, with_cur=False)
+    a.age, b.age = None, torch.ones(b.num_rollouts)
+    cat = RolloutBatch.concat([a, b]).validate()
+    assert cat.num_rollouts == a.num_rollouts + b.num_rollouts
+    assert cat.num_groups == a.num_groups + b.num_groups  # groups never merge across parts
+    assert torch.equal(cat.token_logprobs, torch.cat([a.token_logprobs, b.token_logprobs]))
+    assert cat.cur_logprobs is None and cat.token_entropy is not None  # missing in one part: dropped
+    assert cat.age.tolist() == [0.0] * a.num_rollouts + [1.0] * b.num_rollouts  # default filled in
+    assert torch.equal(cat.take(torch.arange(a.num_rollouts, cat.num_rollouts)).token_logprobs, b.token_logprobs)
+    empty = a.take(torch.zeros(0, dtype=torch.int64))
+    assert torch.equal(RolloutBatch.concat([empty, b]).token_logprobs, b.token_logprobs)
+    assert RolloutBatch.concat([empty]).validate().num_rollouts == 0
+    with pytest.raises(ValueError, match="RolloutBatch.concat.parts"):
+        RolloutBatch.concat([])
+
+
+def test_group_index_of_offsets():
+    assert group_index(torch.tensor([0, 2, 3, 6])).tolist() == [0, 0, 1, 2, 2, 2]
+    assert group_index(torch.tensor([0])).numel() == 0
 
 
 def test_missing_groups_is_an_error():
@@ -140,6 +182,22 @@ def test_from_padded_bad_inputs():
         RolloutBatch.from_padded(torch.zeros(3, 3), torch.ones(3, 3), torch.zeros(3), group_size=2)
     with pytest.raises(ValueError, match="group_ids \\[N\\] or group_size"):
         RolloutBatch.from_padded(torch.zeros(3, 3), torch.ones(3, 3), torch.zeros(3))
+
+
+def test_from_padded_refuses_wrong_types_and_contradictions():
+    """Issue 14 item 13: group_size="4" was a TypeError; group_ids silently won over group_size."""
+    lp, mask, r = torch.zeros(8, 3), torch.ones(8, 3), torch.zeros(8)
+    with pytest.raises(ValueError, match="RolloutBatch.group_size: found '4'"):
+        RolloutBatch.from_padded(lp, mask, r, group_size="4")
+    with pytest.raises(ValueError, match="RolloutBatch.group_ids"):
+        RolloutBatch.from_padded(lp, mask, r, group_size=4, group_ids=torch.arange(8) // 2)
+    agree = RolloutBatch.from_padded(lp, mask, r, group_size=4, group_ids=torch.arange(8) // 4)
+    assert agree.group_offsets.tolist() == [0, 4, 8]
+    with pytest.raises(ValueError, match="RolloutBatch.token_logprobs"):
+        RolloutBatch.from_padded([[0.0]], mask, r, group_size=4)
+    with pytest.raises(ValueError, match="RolloutBatch.group_ids"):
+        RolloutBatch(token_logprobs=torch.zeros(2), offsets=torch.tensor([0, 1, 2]), reward=torch.zeros(2),
+                     group_ids=[0, 1])
 
 
 def test_take_keeps_streams_and_groups():

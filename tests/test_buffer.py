@@ -2,20 +2,13 @@ import gc
 
 import pytest
 import torch
-from _bandit_helpers import one_thread, roundtrip, states_equal
+from _bandit_helpers import roundtrip, single_thread, states_equal  # noqa: F401  (single_thread: autouse)
 
 from rollout_bandits.bandit.buffer import BufferConfig, RolloutBuffer
 from rollout_bandits.bandit.gains import group_advantage
 from rollout_bandits.batch import RolloutBatch
 from rollout_bandits.kernels.rollout_features import FEATURE_INDEX, rollout_features
 from rollout_bandits.synthetic import synthetic_batch
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = one_thread()
-    yield
-    torch.set_num_threads(n)
 
 
 class _Feeder:

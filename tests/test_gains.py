@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from _bandit_helpers import one_thread
+from _bandit_helpers import single_thread  # noqa: F401  (single_thread: autouse)
 
 from rollout_bandits.bandit.gains import (
     GainInputs,
@@ -13,13 +13,6 @@ from rollout_bandits.bandit.gains import (
 )
 from rollout_bandits.bandit.scheduler import Scheduler, SchedulerConfig
 from rollout_bandits.batch import RolloutBatch
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = one_thread()
-    yield
-    torch.set_num_threads(n)
 
 
 def test_batch_gain_hand_computed_sequence_with_guard_on_and_off():

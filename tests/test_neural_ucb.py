@@ -2,18 +2,10 @@ import math
 
 import pytest
 import torch
-from _bandit_helpers import one_thread, roundtrip, states_equal
+from _bandit_helpers import roundtrip, single_thread, states_equal  # noqa: F401  (single_thread: autouse)
 
 from rollout_bandits.bandit.ee_net import EENet, EENetConfig
 from rollout_bandits.bandit.neural_ucb import NeuralUCB, NeuralUCBConfig
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # Tiny MLP steps: threads only add contention on a shared 2-core machine.
-    n = one_thread()
-    yield
-    torch.set_num_threads(n)
 
 
 def _contexts(n, d=15, seed=0):

@@ -3,18 +3,10 @@
 Small T and one seed so it runs in seconds; benchmarks/regret_plot.py draws the full curves.
 """
 
-import pytest
 import torch
-from _bandit_helpers import one_thread
+from _bandit_helpers import single_thread  # noqa: F401  (single_thread: autouse)
 
 from rollout_bandits.bandit.regret import RegretEnvConfig, regret_curves, sublinearity_ratio
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = one_thread()
-    yield
-    torch.set_num_threads(n)
 
 
 def test_neural_ucb_regret_is_sublinear_and_lowest():

@@ -1,19 +1,13 @@
 import math
+import re
 
 import pytest
 import torch
-from _bandit_helpers import one_thread, roundtrip, states_equal
+from _bandit_helpers import roundtrip, single_thread, states_equal  # noqa: F401  (single_thread: autouse)
 
 from rollout_bandits.bandit import BufferConfig, NeuralUCBConfig, Scheduler, SchedulerConfig
 from rollout_bandits.kernels.rollout_features import rollout_features
 from rollout_bandits.synthetic import synthetic_batch
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = one_thread()
-    yield
-    torch.set_num_threads(n)
 
 
 def _batch(t, groups=6, size=8):
@@ -166,8 +160,12 @@ def test_config_validation_names_the_field():
             SchedulerConfig(**kw)
     with pytest.raises(ValueError, match="BufferConfig.capacity"):
         SchedulerConfig(buffer={"capacity": 0})
+    with pytest.raises(ValueError, match="seed"):
+        Scheduler(seed=1).load_state_dict(Scheduler().state_dict())
     with pytest.raises(ValueError, match="config"):
-        Scheduler(SchedulerConfig(seed=1)).load_state_dict(Scheduler().state_dict())
+        Scheduler(SchedulerConfig(intra_ratio=0.25)).load_state_dict(Scheduler().state_dict())
+    with pytest.raises(ValueError, match="Scheduler.seed"):
+        Scheduler(seed=-1)
 
 
 def test_batch_gain_needs_no_gains_call():
@@ -175,3 +173,105 @@ def test_batch_gain_needs_no_gains_call():
     step = s.select(_batch(0))
     with pytest.raises(ValueError, match="batch"):
         s.gains(step, _after(step, 0))
+
+
+# ------------------------------------------------- issue 14: atomic select, empty selections, extremes
+_WORDING = r"^(RolloutBatch|Scheduler\.select|NeuralUCB|EENet)\.[\w\[\]'.]+: found .*, expected "
+
+
+def _same_decisions(a, b):
+    for (i1, a1, s1), (i2, a2, s2) in zip(a, b, strict=True):
+        assert torch.equal(i1, i2) and torch.equal(a1, a2) and torch.equal(s1, s2)
+
+
+@pytest.mark.parametrize("gain", ["batch", "heldout"])
+def test_a_rejected_select_changes_nothing(gain):
+    """Issue 14 item 6: next_arm_id, buffer ages, reuse counts and (batch gain) the learner stay put."""
+    cfg = SchedulerConfig(gain=gain, reuse_m=5, candidates="store", learner=NeuralUCBConfig(hidden=16, train_steps=2))
+    clean, dirty = Scheduler(cfg), Scheduler(cfg)
+    _run(clean, 2)
+    _run(dirty, 2)
+    before = roundtrip(dirty.state_dict())
+    no_entropy = _batch(2)
+    no_entropy.token_entropy = None  # the buffer holds entropies: refused (once at insert, after the changes)
+    with pytest.raises(ValueError, match="token_entropy"):
+        dirty.select(no_entropy)
+    wild = _batch(2)
+    wild.token_logprobs[3] = -1e30  # finite, but the learner cannot score it (after the batch gain trained it)
+    with pytest.raises(ValueError, match=_WORDING):
+        dirty.select(wild)
+    with pytest.raises(ValueError, match="advantage"):
+        dirty.select(_batch(2), advantage=torch.full((48,), float("nan")))
+    with pytest.raises(ValueError, match="prompt_tokens"):
+        dirty.select(_batch(2), prompt_tokens=[[1, 2]] * 5)
+    assert states_equal(before, dirty.state_dict()) == []
+    _same_decisions(_run(clean, 2, start=2), _run(dirty, 2, start=2))
+
+
+@pytest.mark.parametrize("case", ["zero_variance_groups", "groups_of_one"])
+def test_an_empty_selection_is_a_valid_empty_train_batch(case):
+    """Issue 14 item 7: dapo_filter with nothing to keep gave an IndexError from train_batch."""
+    s = Scheduler(SchedulerConfig(policy="dapo_filter"))
+    for t in range(2):
+        b = synthetic_batch(4, 1 if case == "groups_of_one" else 4, 6, seed=t)
+        if case == "zero_variance_groups":
+            b.reward = torch.ones(b.num_rollouts)
+        step = s.select(b, prompt_ids=torch.arange(4))
+        tb = step.train_batch.validate()
+        assert tb.num_rollouts == 0 and tb.num_groups == 0 and step.num_selected == 0
+        assert step.train_advantage.numel() == step.train_prompt_ids.numel() == step.arm_ids.numel() == 0
+        assert step.train_prompt_tokens == []
+        s.record_clip_ratio(step, torch.zeros(0))
+        assert s.stats()["empty_selections"] == t + 1
+
+
+def test_train_batch_passes_its_own_validate_when_max_response_len_changes():
+    """Issue 14 item 11: round 1 with max_response_len=8, round 2 without it and 20-token rollouts."""
+    s = Scheduler(SchedulerConfig(reuse_m=100, gain="batch"))
+    s.select(synthetic_batch(3, 4, 4, max_len=8, seed=0)).train_batch.validate()
+    long = synthetic_batch(3, 4, 20, ragged=False, seed=1)
+    long.max_response_len = None
+    step = s.select(long)
+    assert step.num_reused > 0
+    tb = step.train_batch.validate()
+    assert tb.max_response_len >= int(tb.lengths.max())
+
+
+@pytest.mark.parametrize("policy", ["cbs", "keep_all", "pods"])
+@pytest.mark.parametrize("extreme", ["reward_1e20", "logprob_-1e30", "logprob_-3e38", "entropy_1e30"])
+def test_extreme_finite_inputs_are_a_clear_error_or_finite(policy, extreme):
+    """Issue 14 item 12: no infinite context or score is returned, no internal tensor is blamed."""
+    s = Scheduler(SchedulerConfig(policy=policy, gain="batch"))
+    s.select(_batch(0))
+    b = _batch(1)
+    if extreme == "reward_1e20":
+        b.reward = b.reward * 1e20 + 1.0
+    elif extreme.startswith("logprob"):
+        b.token_logprobs[5] = float(extreme.split("_")[1])
+    else:
+        b.token_entropy[5] = 1e30
+    before = roundtrip(s.state_dict())
+    try:
+        step = s.select(b)
+    except ValueError as err:
+        assert re.match(_WORDING, str(err)), str(err)
+        assert states_equal(before, s.state_dict()) == []
+        return
+    for v in (step.fresh.contexts, step.fresh.scores, step.fresh.mean, step.fresh.bonus):
+        assert bool(torch.isfinite(v).all())
+
+
+@pytest.mark.parametrize("gain", ["heldout", "self", "auto"])
+def test_a_masked_batch_that_select_accepts_is_observed(gain):
+    """Issue 14 item 12: mask_nonfinite=True passed select, then observe_step rejected it."""
+    s = Scheduler(SchedulerConfig(gain=gain, reuse_m=4))
+    for t in range(3):
+        b = _batch(t)
+        b.cur_logprobs = None  # the gains read the behaviour log-probs, NaN included
+        b.token_logprobs[[2, 40]] = float("nan")
+        b.token_entropy[7] = float("inf")
+        b.mask_nonfinite = True
+        step = s.select(b)
+        arms = s.observe_step(step, _after(step, t))
+        assert arms.arm_ids.numel() > 0 and bool(torch.isfinite(arms.gains).all())
+        step.train_batch.validate()
