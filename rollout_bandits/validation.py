@@ -15,6 +15,7 @@ they check ranges with the `check_*` helpers below. Tensors are checked with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -251,19 +252,33 @@ def check_magnitude(owner: str, name: str, value: torch.Tensor, limit: float = M
 
 
 # ------------------------------------------------------------------- backend
+@functools.cache
+def triton_available() -> bool:
+    """Whether the triton package imports (it has wheels for Linux only; the core runs without it)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def resolve_backend(backend: str, device: torch.device | str | None, owner: str) -> str:
     """The one backend selector: 'triton', 'reference' or 'cpu' for a backend name of BACKENDS
-    ('auto': Triton on CUDA, 'cpu' on the CPU, 'reference' on other devices). 'cpu' needs CPU
-    tensors."""
+    ('auto': Triton on CUDA, 'cpu' on the CPU, 'reference' on other devices and where triton is
+    not installed). 'cpu' needs CPU tensors; 'triton' needs the triton package."""
     if not isinstance(backend, str) or backend not in BACKENDS:
         fail(owner, "backend", describe(backend), " | ".join(BACKENDS))
     dev = torch.device(device) if device is not None else None
     if backend == "auto":
         if dev is None:
             return "reference"
-        return {"cuda": "triton", "cpu": "cpu"}.get(dev.type, "reference")
+        choice = {"cuda": "triton", "cpu": "cpu"}.get(dev.type, "reference")
+        return "reference" if choice == "triton" and not triton_available() else choice
     if backend == "cpu" and dev is not None and dev.type != "cpu":
         fail(owner, "backend", f"'cpu' with tensors on {dev}", "auto, triton or reference for non-CPU tensors")
+    if backend == "triton" and not triton_available():
+        fail(owner, "backend", "'triton' but the triton package is not installed",
+             "auto, reference or cpu (or install triton, which has Linux wheels)")
     return backend
 
 
