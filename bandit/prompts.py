@@ -82,9 +82,14 @@ NUM_PROMPT_FEATURES = len(PROMPT_FEATURE_NAMES)
 _O = "PromptScheduler"
 
 
-def _default_learner() -> NeuralUCBConfig:
-    return NeuralUCBConfig(feature_dim=NUM_PROMPT_FEATURES, hidden=32, gamma=1.0, train_steps=8,
-                           train_batch=128, replay_capacity=4096)
+@dataclass
+class PromptLearnerConfig(NeuralUCBConfig):
+    """NeuralUCB over the prompt features: NeuralUCBConfig with their width and a smaller MLP (a
+    partial override such as `--prompts.learner.gamma 2` keeps these defaults)."""
+
+    feature_dim: int = NUM_PROMPT_FEATURES
+    hidden: int = 32
+    gamma: float = 1.0
 
 
 @dataclass
@@ -126,7 +131,7 @@ class PromptSchedulerConfig:
     greso_p_max: float = 0.95
     greso_target_zero: float = 0.25
     backend: str = "auto"
-    learner: NeuralUCBConfig = field(default_factory=_default_learner)
+    learner: PromptLearnerConfig = field(default_factory=PromptLearnerConfig)
 
     def __post_init__(self) -> None:
         o = "PromptSchedulerConfig"
@@ -518,4 +523,4 @@ def prompt_key(prompt) -> int:
 
 
 __all__ = ["NUM_PROMPT_FEATURES", "PROMPT_FEATURE_NAMES", "PROMPT_LABELS", "PROMPT_POLICIES", "PromptChoice",
-           "PromptHistory", "PromptScheduler", "PromptSchedulerConfig", "prompt_key"]
+           "PromptHistory", "PromptLearnerConfig", "PromptScheduler", "PromptSchedulerConfig", "prompt_key"]

@@ -7,10 +7,9 @@ import pytest
 import torch
 from _bandit_helpers import roundtrip, single_thread  # noqa: F401  (single_thread: autouse)
 
-from rollout_bandits.bandit.neural_ucb import NeuralUCBConfig
 from rollout_bandits.bandit.prompts import (
-    NUM_PROMPT_FEATURES,
     PROMPT_FEATURE_NAMES,
+    PromptLearnerConfig,
     PromptScheduler,
     PromptSchedulerConfig,
     prompt_key,
@@ -18,7 +17,7 @@ from rollout_bandits.bandit.prompts import (
 
 
 def learner(gamma=1.0):
-    return NeuralUCBConfig(feature_dim=NUM_PROMPT_FEATURES, hidden=16, gamma=gamma, train_steps=4, train_batch=64)
+    return PromptLearnerConfig(hidden=16, gamma=gamma, train_steps=4, train_batch=64)
 
 
 def groups(pass_prob: torch.Tensor, g: torch.Generator, size: int = 8) -> torch.Tensor:
@@ -207,7 +206,8 @@ def test_bad_input_is_a_clear_error_and_changes_nothing():
     with pytest.raises(ValueError, match="PromptSchedulerConfig.candidate_pool"):
         PromptSchedulerConfig(candidate_pool=0.5)
     with pytest.raises(ValueError, match="PromptSchedulerConfig.learner.feature_dim"):
-        PromptSchedulerConfig(learner=NeuralUCBConfig())
+        PromptSchedulerConfig(learner=PromptLearnerConfig(feature_dim=3))
+    assert PromptSchedulerConfig(learner={"gamma": 2.0}).learner.feature_dim == len(PROMPT_FEATURE_NAMES)
     other = PromptScheduler(PromptSchedulerConfig(policy="greso"))
     with pytest.raises(ValueError, match="state"):
         other.load_state_dict(state)
