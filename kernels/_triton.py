@@ -28,7 +28,11 @@ else:
 
         __call__ = __getitem__
 
-    triton = SimpleNamespace(jit=_Unavailable)
+    def _jit(fn=None, **_options):
+        """`@triton.jit` and `@triton.jit(do_not_specialize=...)` alike."""
+        return _Unavailable if fn is None else _Unavailable(fn)
+
+    triton = SimpleNamespace(jit=_jit)
     tl = SimpleNamespace(constexpr=lambda value: value)
 
 __all__ = ["tl", "triton"]
