@@ -73,22 +73,25 @@ def test_validation_split_is_disjoint_and_tuning_evaluates_on_it(tmp_path):
     assert res.eval_set_sizes == {"add": 5, "parity": 5, "mod": 5}
 
 
-def test_efficiency_grids_keep_the_issue_structure():
-    base, runs = grid("efficiency")
+@pytest.mark.parametrize("size", list(eff.SIZES))
+def test_efficiency_grids_keep_the_issue_structure(size):
+    base, runs = grid(size)
     assert base["eval_problems"] >= 500 and base["eval_distinct"] and base["val_fraction"] > 0
+    assert {r.group for r in runs} == {size, f"{size}_noise"}
     seeds = {}
     for r in runs:
         seeds.setdefault((r.group, r.labels["optimizer"], r.labels["policy"]), []).append(r.seed)
     for (g, opt, m), s in seeds.items():
-        assert s == list(eff.HEADLINE_SEEDS if g == "efficiency" and m in eff.HEADLINE else
-                         eff.SEEDS if g == "efficiency" else eff.NOISE_SEEDS)
+        assert s == list(eff.HEADLINE_SEEDS if g == size and m in eff.HEADLINE else
+                         eff.SEEDS if g == size else eff.NOISE_SEEDS)
         assert "eval_split" not in next(r for r in runs if r.name.endswith(f"{opt}__{m}__s{s[0]}")).overrides
     assert {m for _, _, m in seeds} == set(eff.METHODS)
-    _, tune = grid("efficiency_tune")
-    assert all(r.overrides["eval_split"] == "val" for r in tune)
+    _, tune = grid(f"{size}_tune")
+    assert all(r.overrides["eval_split"] == "val" and r.group == f"{size}_tune" for r in tune)
     assert not set(r.seed for r in tune) & set(eff.HEADLINE_SEEDS)
-    reuse = eff.method_overrides("cbs_reuse", base, eff.DEFAULT_CHOICE)
-    assert reuse["fresh_fraction"] == 0.5 and reuse["scheduler"]["reuse_m"] == 32 * 8
+    reuse = next(r for r in runs if r.labels["policy"] == "cbs_reuse").overrides
+    half = base["prompts_per_step"] // 2 * base["group_size"]
+    assert reuse["fresh_fraction"] == 0.5 and reuse["scheduler"]["reuse_m"] == half
 
 
 def _rec(method, seed, tokens, evals, opt="grpo"):

@@ -3,7 +3,15 @@
     rollout-bandits sweep --grid efficiency_tune   # the prompt scheduler's knobs, on validation
     rollout-bandits sweep --grid efficiency        # runs efficiency_tune first (what is missing),
                                                    # records its choice, then the grid itself
+    rollout-bandits sweep --grid efficiency_small  # the same grid at the CPU-budget size (below)
     rollout-bandits report                         # adds the efficiency section when results exist
+
+Sizes (SIZES): "efficiency" is the issue's design, 100 steps x 64 prompts x 8 rollouts (EFF_BASE).
+"efficiency_small" keeps every structural choice (methods, optimizers, noise, 5 seeds for the
+headline cells, 3 elsewhere, >= 500 distinct held-out problems per family where the family has
+them, validation-split tuning) and shrinks each run to EFF_SMALL, so that the whole sweep (tuning
+included) fits about an hour on 2 CPU cores; its groups are named efficiency_small* so the
+two sizes never mix, and the report says which size each section is.
 
 Methods (every one generates `prompts_per_step` groups a round unless said otherwise):
 keep-all, the DAPO filter, PODS, the GRESO rule (keep-all training on the prompts GRESO lets
@@ -58,7 +66,19 @@ TUNE_POOLS = (1.5, 2.0, 3.0)
 TUNE_EXPLORE = {"low": {"learner": {"gamma": 0.5}, "explore_share": 0.05, "history_half_life": 64.0},
                 "high": {"learner": {"gamma": 2.0}, "explore_share": 0.2, "history_half_life": 16.0}}
 DEFAULT_CHOICE = {"candidate_pool": 2.0, "explore": "low"}
-CHOICE_FILE = "_efficiency_choice.json"
+# The CPU-budget size: fewer steps and prompts per step, fewer evaluations; the tuning grid drops the
+# smallest pool.
+EFF_SMALL = {**EFF_BASE, "steps": 60, "prompts_per_step": 32, "eval_every": 10}
+SIZES = {"efficiency": EFF_BASE, "efficiency_small": EFF_SMALL}
+SIZE_TUNE_POOLS = {"efficiency": TUNE_POOLS, "efficiency_small": (2.0, 3.0)}
+GRID_NAMES = (*SIZES, *(f"{k}_tune" for k in SIZES))
+
+
+def choice_file(prefix: str = "efficiency") -> str:
+    return f"_{prefix}_choice.json"
+
+
+CHOICE_FILE = choice_file()
 
 
 def prompt_settings(choice: dict) -> dict:
@@ -90,41 +110,50 @@ def _spec(group: str, opt: str, method: str, seed: int, base: dict, choice: dict
     return run
 
 
-def efficiency_grid(seeds=None, choice: dict | None = None, base: dict = EFF_BASE) -> list[RunSpec]:
-    """The efficiency grid: every method x optimizer (headline cells on 5 seeds, the others on 3),
-    and the verifier-noise variant for NOISE_OPTIMIZERS. `seeds` overrides all seed lists."""
-    choice = choice or DEFAULT_CHOICE
+def efficiency_grid(seeds=None, choice: dict | None = None, prefix: str = "efficiency") -> list[RunSpec]:
+    """The efficiency grid of size `prefix` (SIZES): every method x optimizer (headline cells on 5
+    seeds, the others on 3), and the verifier-noise variant for NOISE_OPTIMIZERS. `seeds`
+    overrides all seed lists."""
+    choice, base = choice or DEFAULT_CHOICE, SIZES[prefix]
     out = []
     for opt in OPTIMIZERS:
         for m in METHODS:
             for s in seeds or (HEADLINE_SEEDS if m in HEADLINE else SEEDS):
-                out.append(_spec("efficiency", opt, m, s, base, choice))
+                out.append(_spec(prefix, opt, m, s, base, choice))
     for opt in NOISE_OPTIMIZERS:
         for m in METHODS:
             for s in seeds or NOISE_SEEDS:
-                out.append(_spec("efficiency_noise", opt, m, s, base, choice, verifier_noise=NOISE))
+                out.append(_spec(f"{prefix}_noise", opt, m, s, base, choice, verifier_noise=NOISE))
     return out
 
 
-def tune_grid(seeds=None, base: dict = EFF_BASE) -> list[RunSpec]:
+def tune_grid(seeds=None, prefix: str = "efficiency") -> list[RunSpec]:
     """CBS + prompt scheduling (GRPO) for each (pool, exploration), and keep-all for reference,
     evaluated on the validation split."""
-    out = []
+    out, base = [], SIZES[prefix]
     for s in seeds or TUNE_SEEDS:
-        out.append(_spec("efficiency_tune", "grpo", "keep_all", s, base, DEFAULT_CHOICE, eval_split="val"))
-        for pool in TUNE_POOLS:
+        out.append(_spec(f"{prefix}_tune", "grpo", "keep_all", s, base, DEFAULT_CHOICE, eval_split="val"))
+        for pool in SIZE_TUNE_POOLS[prefix]:
             for ex in TUNE_EXPLORE:
                 choice = {"candidate_pool": pool, "explore": ex}
-                out.append(_spec("efficiency_tune", "grpo", "cbs_prompt", s, base, choice,
+                out.append(_spec(f"{prefix}_tune", "grpo", "cbs_prompt", s, base, choice,
                                  extra={"pool": pool, "explore": ex}, eval_split="val"))
     return out
 
 
-def tune_scores(recs: list[dict]) -> list[dict]:
+def grid_of(name: str, seeds=None, choice: dict | None = None) -> tuple[dict, list[RunSpec]]:
+    """(base settings, run specs) of one of GRID_NAMES."""
+    if name.endswith("_tune"):
+        prefix = name[: -len("_tune")]
+        return SIZES[prefix], tune_grid(seeds, prefix)
+    return SIZES[name], efficiency_grid(seeds, choice, name)
+
+
+def tune_scores(recs: list[dict], prefix: str = "efficiency") -> list[dict]:
     """Per tuned setting: the validation AUC and final (mean ± std over seeds), best first."""
     by: dict[tuple, list[dict]] = {}
     for r in recs:
-        if r["group"] == "efficiency_tune" and r["labels"]["policy"] == "cbs_prompt" and r["status"] == "ok":
+        if r["group"] == f"{prefix}_tune" and r["labels"]["policy"] == "cbs_prompt" and r["status"] == "ok":
             by.setdefault((r["labels"]["pool"], r["labels"]["explore"]), []).append(r)
     rows = [{"candidate_pool": pool, "explore": ex, "val_auc": mean_std([auc(r["curve"]) for r in rs]),
              "val_final": mean_std([final_of(r) for r in rs]), "seeds": sorted(r["seed"] for r in rs)}
@@ -133,24 +162,24 @@ def tune_scores(recs: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda x: (-round(x["val_auc"][0], 6), x["candidate_pool"], x["explore"]))
 
 
-def write_choice(results_dir: str, log=print) -> dict:
+def write_choice(results_dir: str, log=print, prefix: str = "efficiency") -> dict:
     """Choose the knobs from the tuning results and record the choice; DEFAULT_CHOICE if none."""
     from rollout_bandits.experiments.runner import load_results, write_json
 
-    scores = tune_scores(load_results(results_dir))
+    scores = tune_scores(load_results(results_dir), prefix)
     if scores:
         choice = {"candidate_pool": scores[0]["candidate_pool"], "explore": scores[0]["explore"]}
-        how = "best validation AUC (mean over seeds) of the efficiency_tune runs"
+        how = f"best validation AUC (mean over seeds) of the {prefix}_tune runs"
     else:
         choice, how = dict(DEFAULT_CHOICE), "no efficiency_tune results: the defaults"
     record = {**choice, "settings": prompt_settings(choice), "chosen_by": how, "scores": scores}
-    write_json(os.path.join(results_dir, CHOICE_FILE), record, indent=1)
-    log(f"efficiency: prompt scheduler knobs {json.dumps(choice)} ({how})")
+    write_json(os.path.join(results_dir, choice_file(prefix)), record, indent=1)
+    log(f"{prefix}: prompt scheduler knobs {json.dumps(choice)} ({how})")
     return choice
 
 
-def read_choice(results_dir: str) -> dict | None:
-    path = os.path.join(results_dir, CHOICE_FILE)
+def read_choice(results_dir: str, prefix: str = "efficiency") -> dict | None:
+    path = os.path.join(results_dir, choice_file(prefix))
     if not os.path.isfile(path):
         return None
     with open(path) as f:
@@ -212,11 +241,22 @@ def _plot(cells: dict, groups: list[str], path: str) -> str:
 
 
 def report_section(recs: list[dict], results_dir: str, fig_dir: str, rel) -> list[str]:
-    """The efficiency section of docs/RESULTS.md (empty when no efficiency results exist)."""
-    eff = [r for r in recs if r["group"] in ("efficiency", "efficiency_noise", "efficiency_tune")]
+    """The efficiency sections of docs/RESULTS.md, one per size run (none without results)."""
+    out = []
+    for prefix in SIZES:
+        out += _size_section(recs, prefix, results_dir, fig_dir, rel)
+    return out
+
+
+def _size_section(recs: list[dict], prefix: str, results_dir: str, fig_dir: str, rel) -> list[str]:
+    eff = [r for r in recs if r["group"] in (prefix, f"{prefix}_noise", f"{prefix}_tune")]
     if not eff:
         return []
-    lines = ["## Efficiency: generation spent where it pays (issue 13)", "",
+    b = SIZES[prefix]
+    lines = [f"## Efficiency: generation spent where it pays (issue 13), `--grid {prefix}`", "",
+             f"Size: {b['steps']} steps x {b['prompts_per_step']} prompts x {b['group_size']} rollouts, evaluation "
+             f"every {b['eval_every']} steps" + (" (the CPU-budget size of the issue's grid; same structure)."
+                                                 if prefix != "efficiency" else "."), "",
              "Cost is counted in generated (response) tokens and in training wall-clock (the training "
              "stages, evaluation excluded). \"Tokens to target\": the generated tokens at which a run's pass "
              f"rate (trailing mean of {FINAL_K} evals) first reaches the same-seed keep-all final (mean of its "
@@ -224,36 +264,36 @@ def report_section(recs: list[dict], results_dir: str, fig_dir: str, rel) -> lis
              "seeds (paired by seed for differences); seeds that never reach the target are counted apart. "
              "The prompt scheduler's knobs come from the validation split (below), never from the held-out "
              "evaluation.", ""]
-    lines += _tune_lines(eff, results_dir)
-    sizes = next((r["cost"].get("eval_set_sizes") for r in eff if r["group"] != "efficiency_tune"
+    lines += _tune_lines(eff, results_dir, prefix)
+    sizes = next((r["cost"].get("eval_set_sizes") for r in eff if r["group"] != f"{prefix}_tune"
                   and r.get("cost", {}).get("eval_set_sizes")), None)
     if sizes:
         lines += ["Held-out problems per family (distinct, up to 500; a smaller family is evaluated on its "
                   "whole held-out split): " + ", ".join(f"{k} {v}" for k, v in sizes.items()) + ".", ""]
     cells: dict[tuple, list[dict]] = {}
     for r in eff:
-        if r["group"] != "efficiency_tune" and r["status"] == "ok":
+        if r["group"] != f"{prefix}_tune" and r["status"] == "ok":
             cells.setdefault((r["group"], r["labels"]["optimizer"], r["labels"]["policy"]), []).append(r)
-    groups = [g for g in ("efficiency", "efficiency_noise") if any(k[0] == g for k in cells)]
+    groups = [g for g in (prefix, f"{prefix}_noise") if any(k[0] == g for k in cells)]
     for g in groups:
-        title = "no verifier noise" if g == "efficiency" else f"verifier noise {NOISE}"
+        title = "no verifier noise" if g == prefix else f"verifier noise {NOISE}"
         lines += [f"### {title}", ""]
         lines += _targets_lines(cells, g)
         for opt in OPTIMIZERS:
             if any(k[:2] == (g, opt) for k in cells):
                 lines += _method_table(cells, g, opt)
     if groups:
-        png = _plot(cells, groups, os.path.join(fig_dir, "results_efficiency.png"))
+        png = _plot(cells, groups, os.path.join(fig_dir, f"results_{prefix}.png"))
         lines += [f"![efficiency]({rel(png)})", ""]
     return lines
 
 
-def _tune_lines(eff: list[dict], results_dir: str) -> list[str]:
-    scores = tune_scores(eff)
+def _tune_lines(eff: list[dict], results_dir: str, prefix: str) -> list[str]:
+    scores = tune_scores(eff, prefix)
     if not scores:
         return []
-    chosen = read_choice(results_dir)
-    ref = [r for r in eff if r["group"] == "efficiency_tune" and r["labels"]["policy"] == "keep_all"]
+    chosen = read_choice(results_dir, prefix)
+    ref = [r for r in eff if r["group"] == f"{prefix}_tune" and r["labels"]["policy"] == "keep_all"]
     out = ["### Tuning on the validation split (CBS + prompt scheduling, GRPO)", "",
            "| candidate pool | exploration | validation AUC % | validation final % | seeds | chosen |",
            "|---|---|---|---|---|---|"]
@@ -268,7 +308,7 @@ def _tune_lines(eff: list[dict], results_dir: str) -> list[str]:
         out.append(f"| keep-all (reference) | – | {100 * mean_std([auc(r['curve']) for r in ref])[0]:.1f} | "
                    f"{100 * mean_std([final_of(r) for r in ref])[0]:.1f} | "
                    f"{', '.join(str(r['seed']) for r in ref)} | |")
-    return out + ["", f"Choice recorded in `{CHOICE_FILE}`: {json.dumps(chosen)}.", ""]
+    return out + ["", f"Choice recorded in `{choice_file(prefix)}`: {json.dumps(chosen)}.", ""]
 
 
 def _targets_lines(cells: dict, g: str) -> list[str]:

@@ -319,7 +319,8 @@ def _reproduce_section(n_ok: int, n_failed: int, efficiency: bool = False) -> li
             *(f"rollout-bandits sweep --grid cpu_{v} --jobs 2     # CBS with {json.dumps(VARIANTS[v])}"
               for v in VARIANTS),
             "rollout-bandits sweep --grid cpu_mb --jobs 2     # mini-batch updates: keep-all vs CBS",
-            *(["rollout-bandits sweep --grid efficiency --jobs 2 # issue 13: efficiency_tune first, then the grid"]
+            *(["rollout-bandits sweep --grid efficiency --jobs 2 # issue 13: efficiency_tune first, then the grid",
+               "rollout-bandits sweep --grid efficiency_small --jobs 2  # the same at the CPU-budget size"]
               if efficiency else []),
             "rollout-bandits diagnose gain_auto '{\"scheduler\": {\"gain\": \"auto\"}}'",
             "rollout-bandits diagnose gain_heldout '{\"scheduler\": {\"gain\": \"heldout\"}}'",

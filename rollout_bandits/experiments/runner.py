@@ -215,13 +215,13 @@ def sweep(grid_name: str, *, seeds=None, jobs: int = 2, only: str | None = None,
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
-    if specs is None and grid_name == "efficiency":
+    if specs is None and grid_name in ("efficiency", "efficiency_small"):
         # One command: the tuning runs that are missing, the choice they make, then the grid.
         from rollout_bandits.experiments import efficiency as eff
 
-        sweep("efficiency_tune", jobs=jobs, steps=steps, results_dir=results_dir, cache_dir=cache_dir,
+        sweep(f"{grid_name}_tune", jobs=jobs, steps=steps, results_dir=results_dir, cache_dir=cache_dir,
               runs_dir=runs_dir, progress=progress, dry_run=dry_run, log=log)
-        choice = eff.read_choice(results_dir) if dry_run else eff.write_choice(results_dir, log)
+        choice = eff.read_choice(results_dir, grid_name) if dry_run else eff.write_choice(results_dir, log, grid_name)
         base, specs = grid(grid_name, seeds, choice=choice)
     elif specs is None:
         base, specs = grid(grid_name, seeds)
