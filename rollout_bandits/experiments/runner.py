@@ -256,7 +256,7 @@ def sweep(grid_name: str, *, seeds=None, jobs: int = 2, only: str | None = None,
             log(f"warm-up ready: {fut.result()}")
         futures = {pool.submit(run_one, base, dataclasses.asdict(s), results_dir, cache_dir, runs_dir): s
                    for s in todo}
-        bar = _bar(progress, len(todo))
+        bar = _bar(progress, len(todo), log)
         for fut in as_completed(futures):
             try:
                 line = fut.result()
@@ -283,9 +283,22 @@ def _append_sweep_log(results_dir, grid_name, n, n_err, seconds, jobs) -> None:
     write_json(path, log, indent=1)
 
 
-def _bar(enabled: bool, total: int):
+def _line_info(line: dict) -> str:
+    return (f"{line['name']}: final {line['final']:.3f} ({line['seconds']:.0f}s)" if line["status"] == "ok"
+            else f"{line['name']}: FAILED {line['error']}")
+
+
+def _bar(enabled: bool, total: int, log=print):
+    """A rich progress bar; without it (--no-progress, e.g. output to a file) one log line per run."""
     if not enabled:
-        return lambda line: None
+        done = [0]
+        t0 = time.perf_counter()
+
+        def line_log(line):
+            if line is not None:
+                done[0] += 1
+                log(f"[{done[0]}/{total}, {time.perf_counter() - t0:.0f} s] {_line_info(line)}")
+        return line_log
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -304,8 +317,7 @@ def _bar(enabled: bool, total: int):
         if line is None:
             prog.stop()
             return
-        info = (f"{line['name']}: final {line['final']:.3f} ({line['seconds']:.0f}s)" if line["status"] == "ok"
-                else f"{line['name']}: FAILED {line['error']}")
+        info = _line_info(line)
         if line["status"] != "ok":
             prog.console.print(info)
         prog.update(task, advance=1, info=info)
