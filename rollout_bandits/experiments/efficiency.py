@@ -66,9 +66,9 @@ TUNE_POOLS = (1.5, 2.0, 3.0)
 TUNE_EXPLORE = {"low": {"learner": {"gamma": 0.5}, "explore_share": 0.05, "history_half_life": 64.0},
                 "high": {"learner": {"gamma": 2.0}, "explore_share": 0.2, "history_half_life": 16.0}}
 DEFAULT_CHOICE = {"candidate_pool": 2.0, "explore": "low"}
-# The CPU-budget size: fewer steps and prompts per step, fewer evaluations; the tuning grid drops the
-# smallest pool.
-EFF_SMALL = {**EFF_BASE, "steps": 60, "prompts_per_step": 32, "eval_every": 10}
+# The CPU-budget size: half the prompts per step (half the generation and training per run), the
+# same steps and evaluations; the tuning grid drops the smallest pool.
+EFF_SMALL = {**EFF_BASE, "prompts_per_step": 32}
 SIZES = {"efficiency": EFF_BASE, "efficiency_small": EFF_SMALL}
 SIZE_TUNE_POOLS = {"efficiency": TUNE_POOLS, "efficiency_small": (2.0, 3.0)}
 GRID_NAMES = (*SIZES, *(f"{k}_tune" for k in SIZES))
