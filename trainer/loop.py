@@ -201,11 +201,16 @@ def _sample_problems(tasks, config: TrainConfig, step: int, n: int | None = None
     return problems
 
 
-def _choose_prompts(prompt_sched: PromptScheduler, tasks, config: TrainConfig, step: int):
-    """Draw the round's candidate pool and let the prompt scheduler pick the prompts to generate."""
+def _candidate_pool(tasks, config: TrainConfig, step: int):
+    """The round's candidate prompts (the generation budget's worth without a prompt policy)."""
     budget = config.fresh_prompts
     cfg = config.prompts
-    pool = _sample_problems(tasks, config, step, budget if cfg.policy == "none" else cfg.pool_size(budget))
+    return _sample_problems(tasks, config, step, budget if cfg.policy == "none" else cfg.pool_size(budget))
+
+
+def _choose_prompts(prompt_sched: PromptScheduler, tasks, config: TrainConfig, pool):
+    """Let the prompt scheduler pick the prompts to generate for among the candidate pool."""
+    budget = config.fresh_prompts
     index = {t.name: i for i, t in enumerate(tasks)}
     choice = prompt_sched.choose(
         torch.tensor([prompt_key(p.prompt) for _, p in pool], dtype=torch.int64), budget,
@@ -467,12 +472,16 @@ def _train(config: TrainConfig, state: dict | None, progress: bool, log: Callabl
                 clock = time.perf_counter
 
                 t0 = clock()
-                problems, choice = _choose_prompts(prompt_sched, tasks, config, step)
+                pool = _candidate_pool(tasks, config, step)  # drawing problems: part of generation's cost
+                t_pool = clock() - t0
+
+                t0 = clock()
+                problems, choice = _choose_prompts(prompt_sched, tasks, config, pool)
                 sec["prompts"] = clock() - t0
 
                 t0 = clock()
                 gen = generator.generate([p.prompt for _, p in problems], config.group_size)
-                sec["generate"] = clock() - t0
+                sec["generate"] = clock() - t0 + t_pool
 
                 t0 = clock()
                 noise_rng = random.Random(f"noise:{config.seed}:{step}")
