@@ -40,7 +40,7 @@ def test_exported_weights_fold_both_standardizations():
 
 
 def test_zinv_is_the_inverse_of_the_design_matrix():
-    cfg = NeuralUCBConfig(ridge=2.0, train_steps=1)
+    cfg = NeuralUCBConfig(ridge=2.0, train_passes=1.0)
     learner = NeuralUCB(cfg)
     x = _contexts(96)
     learner.update_feature_stats(x)
@@ -57,7 +57,7 @@ def test_zinv_is_the_inverse_of_the_design_matrix():
 
 
 def test_bonus_shrinks_where_arms_were_observed():
-    learner = NeuralUCB(NeuralUCBConfig(train_steps=0))
+    learner = NeuralUCB(NeuralUCBConfig(train_passes=0.0))
     x = _contexts(64)
     learner.update_feature_stats(x)
     before = learner.score(x)[2]
@@ -67,7 +67,7 @@ def test_bonus_shrinks_where_arms_were_observed():
 
 
 def test_diagonal_bonus_variant():
-    learner = NeuralUCB(NeuralUCBConfig(bonus="diag", train_steps=1))
+    learner = NeuralUCB(NeuralUCBConfig(bonus="diag", train_passes=1.0))
     x = _contexts(64)
     learner.update_feature_stats(x)
     learner.observe(x, _target(x))
@@ -143,7 +143,7 @@ def test_config_validation_names_the_field():
 
 
 def test_gelu_activation_scores_match_its_mlp():
-    learner = NeuralUCB(NeuralUCBConfig(activation="gelu", train_steps=2))
+    learner = NeuralUCB(NeuralUCBConfig(activation="gelu", train_passes=1.0))
     x = _contexts(32)
     learner.update_feature_stats(x)
     learner.observe(x, _target(x))
