@@ -104,6 +104,16 @@ def plot(summary: dict, path: Path, default: str) -> None:
     fig.savefig(path, dpi=100)
 
 
+def _merge_before(summary: dict, before: Path) -> None:
+    """Add the old learners' rows (benchmarks/regret_before.py), measured on the same cells."""
+    if not before.exists():
+        return
+    old = json.loads(before.read_text())["results"]
+    for s in summary:
+        for f in summary[s]:
+            summary[s][f].update(old.get(s, {}).get(f, {}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3)
@@ -113,19 +123,23 @@ def main() -> None:
     ap.add_argument("--png", default=str(ROOT / "docs" / "regret.png"))
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "regret.json"))
     ap.add_argument("--before", default=str(ROOT / "benchmarks" / "results" / "regret_before.json"))
+    ap.add_argument("--replot", action="store_true", help="redraw the plot and table from --json (and --before)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.replot:
+        result = json.loads(Path(args.json).read_text())
+        summary = result["results"]
+        _merge_before(summary, Path(args.before))
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        plot(summary, Path(args.png), result["default_explorer"])
+        print(table(summary, result["default_explorer"]))
+        return
     families, settings = args.families.split(","), args.settings.split(",")
     instances = REPORT_INSTANCES[: args.seeds]
     policies = {n: (lambda spec, seed, n=n: make_policy(n, spec, seed=seed)) for n in args.policies.split(",")}
     res, elapsed = run_benchmark(policies, families, settings, instances, "regret")
     summary = summaries(res)
-    before = Path(args.before)
-    if before.exists():  # the old learners' rows, measured on the same cells
-        old = json.loads(before.read_text())["results"]
-        for s in summary:
-            for f in summary[s]:
-                summary[s][f].update(old.get(s, {}).get(f, {}))
+    _merge_before(summary, Path(args.before))
     default = SchedulerConfig().explorer
     result = {
         "benchmark": "regret",
