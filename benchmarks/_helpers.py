@@ -64,6 +64,33 @@ def time_fn(fn, dev: torch.device, *, rounds: int | None = None, warmup: int = 2
             "p80_ms": float(np.percentile(a, 80)), "rounds": len(times)}
 
 
+def count_launches(fn, dev: torch.device) -> int | None:
+    """Device work items (kernels, memsets, copies) that one call of `fn` launches; None off CUDA."""
+    if dev.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize(dev)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize(dev)
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
+def graph_replay(fn, dev: torch.device):
+    """`fn` captured once in a CUDA graph; the returned callable replays it (no launch gaps)."""
+    side = torch.cuda.Stream(dev)
+    side.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream(dev).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
 def record(entry: dict) -> None:
     RECORDS.append(entry)
 

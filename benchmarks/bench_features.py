@@ -1,14 +1,16 @@
 """rollout_features alone: on the CPU the fast CPU backend and the PyTorch reference at 16,384 x 256
-tokens; on CUDA the Triton kernel against the reference at 16,384 x 1,024, with achieved GB/s over
-the device's copy bandwidth.
+tokens; on CUDA the Triton kernel against the reference (eager) and torch.compile of it at
+16,384 x 1,024, with achieved GB/s over the device's copy bandwidth and the device work items
+launched per call.
 
     .venv/bin/pytest benchmarks/bench_features.py   # -> benchmarks/results/features_<device>.json
 """
 
 import pytest
-from _helpers import device, record, time_fn
+import torch
+from _helpers import count_launches, device, record, time_fn
 
-from rollout_bandits.kernels import NUM_FEATURES, rollout_features
+from rollout_bandits.kernels import NUM_FEATURES, rollout_features, rollout_features_reference
 from rollout_bandits.synthetic import synthetic_batch
 
 GROUP = 8
@@ -24,11 +26,11 @@ def _bytes_moved(b) -> int:
     return streams + per_rollout + n * NUM_FEATURES * 4
 
 
-@pytest.mark.parametrize("impl", ["cpu", "reference", "triton"])
+@pytest.mark.parametrize("impl", ["cpu", "reference", "compile", "triton"])
 def test_features(benchmark, copy_bandwidth, impl):
     dev = device()
-    if impl == "triton" and dev.type != "cuda":
-        pytest.skip("the Triton kernel is benchmarked on CUDA only")
+    if impl in ("triton", "compile") and dev.type != "cuda":
+        pytest.skip(f"the {impl} features path is benchmarked on CUDA only")
     if impl == "cpu" and dev.type != "cpu":
         pytest.skip("the CPU backend runs on CPU tensors only")
     n, mean_len = (16384, 256) if dev.type == "cpu" else (16384, 1024)
@@ -36,6 +38,10 @@ def test_features(benchmark, copy_bandwidth, impl):
 
     def fn():
         return rollout_features(b, backend=impl, validate=False)
+
+    if impl == "compile":
+        compiled = torch.compile(lambda b: rollout_features_reference(b, validate=False), dynamic=False)
+        fn = lambda: compiled(b)  # noqa: E731
 
     fn()  # warm-up (compiles on the Triton path)
     t = time_fn(fn, dev)
@@ -45,7 +51,7 @@ def test_features(benchmark, copy_bandwidth, impl):
         "suite": "features", "impl": impl, "N": n, "mean_len": mean_len, "tokens": b.num_tokens,
         "bytes": nbytes, **t, "GBps": nbytes / (t["median_ms"] * 1e-3) / 1e9,
         "rollouts_per_s": n / (t["median_ms"] * 1e-3), "floor_ms": floor_ms,
-        "floor_ratio": t["median_ms"] / floor_ms,
+        "floor_ratio": t["median_ms"] / floor_ms, "launches": count_launches(fn, dev),
     }
     record(entry)
     benchmark.extra_info.update(entry)

@@ -11,8 +11,9 @@ import time
 import numpy as np
 import pytest
 import torch
-import triton
 from _helpers import META, RECORDS, RESULTS_DIR, device, device_name, time_fn
+
+from rollout_bandits.kernels._triton import triton
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +62,7 @@ def pytest_sessionfinish(session, exitstatus):
             "device": device_name(dev),
             "device_type": dev.type,
             "torch": torch.__version__,
-            "triton": triton.__version__,
+            "triton": getattr(triton, "__version__", None),
             "numpy": np.__version__,
             "python": platform.python_version(),
             "torch_threads": torch.get_num_threads(),

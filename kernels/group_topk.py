@@ -28,7 +28,10 @@ Outputs: the selected indices (int64, ascending) and a bool mask [N].
 
 Kernels: `group_topk` tiles BLOCK_N rollouts per program; each rollout counts
 the members of its own group that beat it (its rank), reading its group in
-BLOCK_S chunks, so ragged groups of any size work in one launch. `global_topm`
+BLOCK_S chunks, so ragged groups of any size work in one launch. Each
+program finds its rollouts' groups (bisection over the offsets) and k_g itself,
+and bounds its loops by the largest group in its tile: the launch reads nothing
+on the host. `global_topm`
 is one program: an exact bisection over order-preserving int32 keys (32 passes
 over the scores, which the buffer keeps small) followed by one writing pass
 that takes the ties at the threshold lowest index first.
@@ -37,9 +40,9 @@ that takes the ties at the threshold lowest index first.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
+from rollout_bandits.kernels._triton import tl, triton
+from rollout_bandits.kernels.launch import LaunchConfig, launch_config, new_output
 from rollout_bandits.validation import check_float, check_int, check_tensor, fail, shape_str, use_triton
 
 
@@ -51,27 +54,50 @@ def _beats(s_j, j, s_i, i):
 
 
 @triton.jit
+def group_of(p_goff, o_i, G, group_steps):
+    """Group of rollout(s) o_i: the last g with group_offsets[g] <= o_i, by bisection over the G + 1
+    offsets (group_steps = G.bit_length() halvings), so no per-rollout group index is built on
+    the host. o_i a scalar or a block of rollout numbers; int32 result of the same shape."""
+    g_lo = tl.zeros_like(o_i).to(tl.int32)
+    g_hi = g_lo + (G - 1)
+    for _ in range(group_steps):
+        g_mid = (g_lo + g_hi + 1) // 2
+        ok = tl.load(p_goff + g_mid).to(tl.int64) <= o_i
+        g_lo = tl.where(ok, g_mid, g_lo)
+        g_hi = tl.where(ok, g_hi, g_mid - 1)
+    return g_lo
+
+
+@triton.jit(do_not_specialize=["N", "G", "group_steps", "k", "ratio"])
 def _group_topk_kernel(
-    p_s, p_r, p_gidx, p_goff, p_k, p_out,
-    N, MAX_SIZE,
+    p_s, p_r, p_goff, p_out,
+    N, G, group_steps, k, ratio: tl.float64,
     CONTRAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     i_n = tl.program_id(0)
-    o_n = i_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_n = o_n < N
     o_s = tl.arange(0, BLOCK_S)
     # [BLOCK_N]
     b_s = tl.load(p_s + o_n, mask=m_n, other=0.0)
-    b_g = tl.load(p_gidx + o_n, mask=m_n, other=0)
-    b_gs = tl.load(p_goff + b_g, mask=m_n, other=0).to(tl.int64)
-    b_ge = tl.load(p_goff + b_g + 1, mask=m_n, other=0).to(tl.int64)
-    b_k = tl.load(p_k + b_g, mask=m_n, other=1)
+    b_g = group_of(p_goff, tl.where(m_n, o_n, 0), G, group_steps)
+    b_gs = tl.load(p_goff + b_g, mask=m_n, other=0).to(tl.int32)
+    b_ge = tl.load(p_goff + b_g + 1, mask=m_n, other=0).to(tl.int32)
+    b_size = b_ge - b_gs
+    # k_g: min(k, n_g) for a fixed k (k > 0), else ceil(ratio * n_g) in [1, n_g] (float64, 1e-9 slack).
+    if k > 0:
+        b_k = tl.minimum(b_size, k)
+    else:
+        b_kr = tl.ceil(b_size.to(tl.float64) * tl.full([], ratio, tl.float64) - 1e-9).to(tl.int32)
+        b_k = tl.minimum(tl.maximum(b_kr, 1), b_size)
+    # The largest group in this tile bounds the loops over group members.
+    tile_max = tl.max(tl.where(m_n, b_size, 0), axis=0)
 
     if CONTRAST:
         # Pass 1: the group's reward range.
         b_rmin = tl.full([BLOCK_N], float("inf"), dtype=tl.float32)
         b_rmax = tl.full([BLOCK_N], -float("inf"), dtype=tl.float32)
-        for j0 in range(0, MAX_SIZE, BLOCK_S):
+        for j0 in range(0, tile_max, BLOCK_S):
             o_j = b_gs[:, None] + j0 + o_s[None, :]
             m_j = m_n[:, None] & (o_j < b_ge[:, None])
             # [BLOCK_N, BLOCK_S]
@@ -80,10 +106,10 @@ def _group_topk_kernel(
             b_rmax = tl.maximum(b_rmax, tl.max(tl.where(m_j, b_rj, -float("inf")), axis=1))
         # Pass 2: the best rollout of each kind (score, then lowest index).
         b_ps = tl.full([BLOCK_N], -float("inf"), dtype=tl.float32)
-        b_pi = tl.zeros([BLOCK_N], dtype=tl.int64) + N
+        b_pi = tl.zeros([BLOCK_N], dtype=tl.int32) + N
         b_ns = tl.full([BLOCK_N], -float("inf"), dtype=tl.float32)
-        b_ni = tl.zeros([BLOCK_N], dtype=tl.int64) + N
-        for j0 in range(0, MAX_SIZE, BLOCK_S):
+        b_ni = tl.zeros([BLOCK_N], dtype=tl.int32) + N
+        for j0 in range(0, tile_max, BLOCK_S):
             o_j = b_gs[:, None] + j0 + o_s[None, :]
             m_j = m_n[:, None] & (o_j < b_ge[:, None])
             # [BLOCK_N, BLOCK_S]
@@ -104,7 +130,7 @@ def _group_topk_kernel(
     b_rank = tl.zeros([BLOCK_N], dtype=tl.int32)
     b_prank = tl.zeros([BLOCK_N], dtype=tl.int32)
     b_nrank = tl.zeros([BLOCK_N], dtype=tl.int32)
-    for j0 in range(0, MAX_SIZE, BLOCK_S):
+    for j0 in range(0, tile_max, BLOCK_S):
         o_j = b_gs[:, None] + j0 + o_s[None, :]
         m_j = m_n[:, None] & (o_j < b_ge[:, None])
         # [BLOCK_N, BLOCK_S]
@@ -137,7 +163,7 @@ def _order_key(x):
     return tl.where(x == 0.0, 0, k).to(tl.int64)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "M"])
 def _global_topm_kernel(p_s, p_out, N, M, BLOCK: tl.constexpr):
     o_b = tl.arange(0, BLOCK)
     # Largest key T with count(key >= T) >= M, by bisection over the int32 range.
@@ -184,29 +210,35 @@ def _check_scores(scores: torch.Tensor, who: str) -> None:
         fail(who, "scores", f"NaN at index {int(torch.nonzero(torch.isnan(scores))[0])}", "no NaN")
 
 
-def _group_k(sizes: torch.Tensor, k: int | None, ratio: float | None) -> torch.Tensor:
-    """k_g per group, int32 [G], in [1, n_g] (a k above n_g is clipped to n_g)."""
+def _check_k(k: int | None, ratio: float | None) -> tuple[int | None, float | None]:
     if (k is None) == (ratio is None):
         fail("group_topk", "k", f"k={k!r} and ratio={ratio!r}", "exactly one of k and ratio")
     if k is not None:
-        kg = sizes.clamp_max(check_int("group_topk", "k", k, lo=1))
+        return check_int("group_topk", "k", k, lo=1), None
+    return None, check_float("group_topk", "ratio", ratio, 0.0, 1.0, lo_open=True)
+
+
+def _group_k(sizes: torch.Tensor, k: int | None, ratio: float | None) -> torch.Tensor:
+    """k_g per group, int32 [G], in [1, n_g] (a k above n_g is clipped to n_g)."""
+    k, ratio = _check_k(k, ratio)
+    if k is not None:
+        kg = sizes.clamp_max(k)
     else:
-        ratio = check_float("group_topk", "ratio", ratio, 0.0, 1.0, lo_open=True)
         kg = torch.ceil(sizes.to(torch.float64) * ratio - 1e-9).to(torch.int64)
         kg = torch.minimum(kg.clamp_min(1), sizes)
     return kg.to(torch.int32)
 
 
 def _check_groups(scores: torch.Tensor, group_offsets: torch.Tensor, rewards: torch.Tensor | None,
-                  check_values: bool = True) -> torch.Tensor:
-    """Validate, return the group sizes (int64 [G])."""
+                  check_values: bool = True) -> None:
+    """Shapes, dtypes and devices; with check_values also the offsets and rewards themselves."""
     n = scores.numel()
     go = check_tensor("group_topk", "group_offsets", group_offsets, dim=1, dtypes=(torch.int32, torch.int64),
                       device=scores.device, expected="[G+1] with G >= 1")
     if go.numel() < 2:
         fail("group_topk", "group_offsets", f"shape {shape_str(go)}", "[G+1] with G >= 1")
-    sizes = (go[1:] - go[:-1]).to(torch.int64)
     if check_values:
+        sizes = go[1:] - go[:-1]
         if int(go[0]) != 0 or int(go[-1]) != n:
             fail("group_topk", "group_offsets", f"first {int(go[0])} and last {int(go[-1])}", f"0 and N={n}")
         if bool((sizes <= 0).any()):
@@ -218,57 +250,82 @@ def _check_groups(scores: torch.Tensor, group_offsets: torch.Tensor, rewards: to
                      expected=f"[{n}] (one per score)")
         if check_values and bool(torch.isnan(rewards.float()).any()):
             fail("group_topk", "rewards", "NaN", "finite rewards")
-    return sizes
 
 
 def _prepare(scores, group_offsets, k, ratio, rewards, keep_contrast, validate):
+    """Checks the inputs (reading them only when validating); (k, ratio, contrast)."""
     if validate:
         _check_scores(scores, "group_topk")
-    sizes = _check_groups(scores, group_offsets, rewards, check_values=validate)
-    kg = _group_k(sizes, k, ratio)
-    contrast = bool(keep_contrast) and rewards is not None
-    return sizes, kg, contrast
+    _check_groups(scores, group_offsets, rewards, check_values=validate)
+    k, ratio = _check_k(k, ratio)
+    return k, ratio, bool(keep_contrast) and rewards is not None
 
 
 # ------------------------------------------------------------------ launchers
-def _group_topk_launch(scores, group_offsets, sizes, kg, rewards, contrast, block_n=None) -> torch.Tensor:
-    """Runs the kernel; the raw int8 mask (poisoned with -1 where the kernel never wrote)."""
-    n = scores.numel()
-    dev = scores.device
-    s = scores.to(torch.float32).contiguous()
-    r = rewards.to(torch.float32).contiguous() if contrast else s
-    g = sizes.numel()
-    gidx = torch.repeat_interleave(torch.arange(g, device=dev, dtype=torch.int32), sizes, output_size=n)
-    max_size = int(sizes.max())
-    block_s = max(16, min(triton.next_power_of_2(max_size), 64))
+def topk_plan(contrast: bool, device_type: str = "cuda", block_n: int | None = None) -> LaunchConfig:
+    """Block sizes and warps of a group_topk launch: independent of the data (group sizes of any
+    length are read in BLOCK_S chunks, the loop bounded in the kernel)."""
     if block_n is None:
-        block_n = 128 if dev.type != "cuda" else 64
-    out = torch.full((n,), -1, dtype=torch.int8, device=dev)
-    _group_topk_kernel[(triton.cdiv(n, block_n),)](
-        s, r, gidx, group_offsets.contiguous(), kg.contiguous(), out,
-        n, max_size,
-        CONTRAST=contrast, BLOCK_N=block_n, BLOCK_S=block_s,
-    )
+        # Under the interpreter a program costs ~0.5 ms whatever its size: big tiles.
+        block_n = 128 if device_type != "cuda" else 32
+    return launch_config(num_warps=4, CONTRAST=contrast, BLOCK_N=block_n, BLOCK_S=32)
+
+
+def _group_topk_launch(scores, group_offsets, k, ratio, rewards, contrast, poison=True,
+                       block_n=None) -> torch.Tensor:
+    """Runs the kernel; the int8 mask, 1 = kept (poisoned with -1 where the kernel never wrote).
+    Reads no device data on the host."""
+    n = scores.numel()
+    plan = topk_plan(contrast, scores.device.type, block_n)
+    out = new_output((n,), poison, scores.device, torch.int8)
+    _group_topk_kernel[(triton.cdiv(n, dict(plan.meta)["BLOCK_N"]),)](
+        *_topk_args(scores, group_offsets, k, ratio, rewards if contrast else None, out), **plan.kwargs())
     return out
+
+
+def _topk_args(scores, group_offsets, k, ratio, rewards, out) -> tuple:
+    """The kernel's arguments (everything but the constexprs); rewards None without contrast."""
+    s = scores.to(torch.float32).contiguous()
+    r = rewards.to(torch.float32).contiguous() if rewards is not None else s
+    g = group_offsets.numel() - 1
+    return (s, r, group_offsets.contiguous(), out, s.numel(), g, g.bit_length(), k or 0, float(ratio or 0.0))
+
+
+def mask_of(raw: torch.Tensor, poisoned: bool) -> torch.Tensor:
+    """The bool mask of a kernel's int8 0/1 output: a free view, or a comparison when the output
+    was poisoned (the view of a -1 would not be a valid bool)."""
+    return raw == 1 if poisoned else raw.view(torch.bool)
 
 
 def _finish(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.nonzero(mask).flatten(), mask
 
 
+def group_topk_mask(scores, group_offsets, *, k=None, ratio=None, rewards=None, keep_contrast=True,
+                    validate: bool = True) -> torch.Tensor:
+    """The bool mask [N] of group_topk on the Triton path, without the index list (whose
+    `nonzero` waits for the GPU): with validate=False nothing is read on the host."""
+    k, ratio, contrast = _prepare(scores, group_offsets, k, ratio, rewards, keep_contrast, validate)
+    return mask_of(_group_topk_launch(scores, group_offsets, k, ratio, rewards, contrast, validate), validate)
+
+
 def group_topk_triton(scores, group_offsets, *, k=None, ratio=None, rewards=None, keep_contrast=True,
                       validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launcher: one program per BLOCK_N rollouts, one launch."""
-    sizes, kg, contrast = _prepare(scores, group_offsets, k, ratio, rewards, keep_contrast, validate)
-    raw = _group_topk_launch(scores, group_offsets, sizes, kg, rewards, contrast)
-    return _finish(raw == 1)
+    """Launcher: one program per BLOCK_N rollouts, one launch (plus the index list's nonzero)."""
+    return _finish(group_topk_mask(scores, group_offsets, k=k, ratio=ratio, rewards=rewards,
+                                   keep_contrast=keep_contrast, validate=validate))
 
 
-def _global_topm_launch(scores: torch.Tensor, m: int, block: int = 1024) -> torch.Tensor:
+def topm_plan(device_type: str = "cuda", block: int | None = None) -> LaunchConfig:
+    """global_topm: one program, BLOCK scores per pass (independent of N)."""
+    return launch_config(num_warps=4 if device_type == "cuda" else 1, BLOCK=block or 1024)
+
+
+def _global_topm_launch(scores: torch.Tensor, m: int, block: int | None = None, poison: bool = True) -> torch.Tensor:
     n = scores.numel()
     s = scores.to(torch.float32).contiguous()
-    out = torch.full((n,), -1, dtype=torch.int8, device=s.device)
-    _global_topm_kernel[(1,)](s, out, n, min(m, n), BLOCK=block)
+    out = new_output((n,), poison, s.device, torch.int8)
+    _global_topm_kernel[(1,)](s, out, n, min(m, n), **topm_plan(s.device.type, block).kwargs())
     return out
 
 
@@ -282,7 +339,7 @@ def global_topm_triton(scores: torch.Tensor, m: int, *, validate: bool = True
     _check_m(m)
     if validate:
         _check_scores(scores, "global_topm")
-    return _finish(_global_topm_launch(scores, m) == 1)
+    return _finish(mask_of(_global_topm_launch(scores, m, poison=validate), validate))
 
 
 # ------------------------------------------------------------------ references
@@ -293,9 +350,11 @@ def _group_topk_mask_reference(scores, sizes, kg, rewards, contrast) -> torch.Te
     g = sizes.numel()
     gidx = torch.repeat_interleave(torch.arange(g, device=dev), sizes, output_size=n)
     starts = torch.cumsum(sizes, 0) - sizes
-    # Order by (group, score desc, index asc): stable sort by score, then stable sort by group.
-    p1 = torch.sort(s, descending=True, stable=True).indices
-    perm = p1[torch.sort(gidx[p1], stable=True).indices]
+    # Order by (group, score desc, index asc): one stable sort of group << 32 | the descending order
+    # key of the score (float32 bits whose signed order is the float order, -0.0 as 0.0).
+    bits = s.contiguous().view(torch.int32)
+    key = torch.where(s == 0, 0, bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(torch.int64)
+    perm = torch.sort((gidx << 32) | (2**31 - 1 - key), stable=True).indices
     rank = torch.empty(n, dtype=torch.int64, device=dev)
     rank[perm] = torch.arange(n, device=dev) - starts[gidx[perm]]
     k_row = kg.to(torch.int64)[gidx]
@@ -307,8 +366,8 @@ def _group_topk_mask_reference(scores, sizes, kg, rewards, contrast) -> torch.Te
     rmax = torch.full((g,), -float("inf"), device=dev).scatter_reduce(0, gidx, r, "amax")
     pos = r > rmin[gidx]
     big = torch.full((g,), n, dtype=torch.int64, device=dev)
-    best_pos = big.scatter_reduce(0, gidx[pos], rank[pos], "amin")
-    best_neg = big.clone().scatter_reduce(0, gidx[~pos], rank[~pos], "amin")
+    best_pos = big.scatter_reduce(0, gidx, torch.where(pos, rank, n), "amin")
+    best_neg = big.clone().scatter_reduce(0, gidx, torch.where(pos, n, rank), "amin")
     own = torch.where(pos, best_pos[gidx], best_neg[gidx])
     other = torch.where(pos, best_neg[gidx], best_pos[gidx])
     kp = k_row.clamp_min(2)
@@ -319,8 +378,9 @@ def _group_topk_mask_reference(scores, sizes, kg, rewards, contrast) -> torch.Te
 def group_topk_reference(scores, group_offsets, *, k=None, ratio=None, rewards=None, keep_contrast=True,
                          validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Vectorized PyTorch reference (two stable sorts, no loop over groups); the CPU path."""
-    sizes, kg, contrast = _prepare(scores, group_offsets, k, ratio, rewards, keep_contrast, validate)
-    return _finish(_group_topk_mask_reference(scores, sizes, kg, rewards, contrast))
+    k, ratio, contrast = _prepare(scores, group_offsets, k, ratio, rewards, keep_contrast, validate)
+    sizes = (group_offsets[1:] - group_offsets[:-1]).to(torch.int64)
+    return _finish(_group_topk_mask_reference(scores, sizes, _group_k(sizes, k, ratio), rewards, contrast))
 
 
 def global_topm_reference(scores: torch.Tensor, m: int, *, validate: bool = True

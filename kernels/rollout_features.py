@@ -1,7 +1,8 @@
 """rollout_features: ragged token streams -> [N, D] bandit contexts, one pass.
 
 The layout of this file is the project's kernel convention: the `@triton.jit`
-kernel, its launcher (checks inputs, sizes the grid), the vectorized PyTorch
+kernel, its plan (block sizes from sizes the host knows, kernels/launch.py) and
+launcher (checks inputs, sizes the grid), the vectorized PyTorch
 reference of the same function, and the dispatcher. The fast CPU backend is
 kernels/rollout_features_cpu.py, the float64 oracle that the tests hold every
 path to is kernels/naive.py, and the shared pieces are kernels/feature_spec.py.
@@ -36,15 +37,22 @@ from a pivot, kernels/feature_spec.py). Inputs whose features float32 cannot
 hold, or that the scorer would overflow, are rejected by `RolloutBatch.validate()`
 (`validation.MAX_MAGNITUDE`), naming the input field; with validate=False such
 a feature is +-inf, the same on every path.
+
+Kernel: one program per rollout; its token block is one of two sizes, picked
+from the mean length num_tokens / N (no device data is read to launch). A
+rollout that fits its block keeps its log-probs in registers for the quantile's
+32 bisection halvings; a longer one is re-read chunk by chunk (from cache). The
+optional streams and fields are runtime flags and the program finds its group
+by bisection over the group offsets, so one compiled kernel per block size and
+stream dtype serves every batch, and the launch needs no per-rollout index.
 """
 
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
 from rollout_bandits.batch import RolloutBatch
+from rollout_bandits.kernels._triton import tl, triton
 from rollout_bandits.kernels.feature_spec import (
     FEATURE_INDEX,
     FEATURE_NAMES,
@@ -56,6 +64,8 @@ from rollout_bandits.kernels.feature_spec import (
     max_len,
     quantile_rank,
 )
+from rollout_bandits.kernels.group_topk import group_of
+from rollout_bandits.kernels.launch import LaunchConfig, launch_config, new_output
 from rollout_bandits.kernels.rollout_features_cpu import rollout_features_cpu
 from rollout_bandits.validation import resolve_backend
 
@@ -66,6 +76,10 @@ __all__ = ["FEATURE_INDEX", "FEATURE_NAMES", "NUM_FEATURES", "FeatureConfig", "r
 # --------------------------------------------------------------------- kernel
 _SLACK = tl.constexpr(QUANTILE_SLACK)
 
+# Bits of the kernel's runtime `flags` argument (runtime, not constexpr: one compiled kernel per
+# block size and dtype covers every combination of optional streams and fields).
+HAS_ENT, HAS_CUR, MASK_NONFINITE, HAS_AGE, HAS_REUSE, HAS_TRUNC, HAS_CLIP = (tl.constexpr(1 << i) for i in range(7))
+
 
 @triton.jit
 def _finite(x):
@@ -73,44 +87,48 @@ def _finite(x):
 
 
 @triton.jit
-def _load(p, o_t, m_t, MASK_NONFINITE: tl.constexpr):
+def _load(p, o_t, m_t, mask_nonfinite):
     """A chunk of a stream as float32 and the mask of its counted tokens."""
     b_x = tl.load(p + o_t, mask=m_t, other=0.0).to(tl.float32)
-    if MASK_NONFINITE:
+    if mask_nonfinite != 0:
         m_t = m_t & _finite(b_x)
     return b_x, m_t
 
 
 @triton.jit
-def _load_keys(p_lp, o_t, end, MASK_NONFINITE: tl.constexpr):
-    """Order-preserving int64 keys of a chunk of log-probs (float32 -> int32 whose signed order is
-    the float order) and the mask of its counted tokens."""
-    b_lp, m_t = _load(p_lp, o_t, o_t < end, MASK_NONFINITE)
+def _load_keys(p_lp, o_t, end, mask_nonfinite):
+    """Order-preserving int32 keys of a chunk of log-probs (float32 bits whose signed order is the
+    float order) and the mask of its counted tokens."""
+    b_lp, m_t = _load(p_lp, o_t, o_t < end, mask_nonfinite)
     b = b_lp.to(tl.int32, bitcast=True)
-    return (b ^ ((b >> 31) & 0x7FFFFFFF)).to(tl.int64), m_t
+    return b ^ ((b >> 31) & 0x7FFFFFFF), m_t
 
 
 @triton.jit
-def _kth_smallest(p_lp, start, end, k, o_l, MASK_NONFINITE: tl.constexpr, ONE_CHUNK: tl.constexpr,
-                  BLOCK_L: tl.constexpr):
+def _kth_smallest(p_lp, start, end, k, o_l, mask_nonfinite, BLOCK_L: tl.constexpr):
     """Exact k-th smallest (0-based) counted log-prob of tokens [start, end): bisection over the
-    int32 keys, 32 halvings, no sort and no scratch memory. ONE_CHUNK keeps the rollout in
-    registers; otherwise each halving re-reads it (from cache) chunk by chunk."""
-    b_key, m_key = _load_keys(p_lp, start + o_l, end, MASK_NONFINITE)
+    int32 keys, 32 halvings, no sort and no scratch memory. A rollout of at most BLOCK_L tokens
+    stays in registers; a longer one is re-read (from cache) chunk by chunk at each halving."""
     lo = tl.full([], -2147483648, dtype=tl.int64)
     hi = tl.full([], 2147483647, dtype=tl.int64)
-    for _ in range(32):
-        mid = (lo + hi) >> 1
-        if ONE_CHUNK:
-            n_le = tl.sum((m_key & (b_key <= mid)).to(tl.int64), axis=0)
-        else:
-            n_le = tl.zeros([], dtype=tl.int64)
+    if end - start <= BLOCK_L:
+        b_key, m_key = _load_keys(p_lp, start + o_l, end, mask_nonfinite)
+        for _ in range(32):
+            mid = (lo + hi) >> 1
+            n_le = tl.sum((m_key & (b_key <= mid.to(tl.int32))).to(tl.int32), axis=0)
+            ok = n_le >= k + 1
+            hi = tl.where(ok, mid, hi)
+            lo = tl.where(ok, lo, mid + 1)
+    else:
+        for _ in range(32):
+            mid = (lo + hi) >> 1
+            n_le = tl.zeros([], dtype=tl.int32)
             for c in range(start, end, BLOCK_L):
-                b_kc, m_kc = _load_keys(p_lp, c + o_l, end, MASK_NONFINITE)
-                n_le += tl.sum((m_kc & (b_kc <= mid)).to(tl.int64), axis=0)
-        ok = n_le >= k + 1
-        hi = tl.where(ok, mid, hi)
-        lo = tl.where(ok, lo, mid + 1)
+                b_kc, m_kc = _load_keys(p_lp, c + o_l, end, mask_nonfinite)
+                n_le += tl.sum((m_kc & (b_kc <= mid.to(tl.int32))).to(tl.int32), axis=0)
+            ok = n_le >= k + 1
+            hi = tl.where(ok, mid, hi)
+            lo = tl.where(ok, lo, mid + 1)
     q_key = lo.to(tl.int32)
     return (q_key ^ ((q_key >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
 
@@ -121,52 +139,53 @@ def _sum64(b_x, m_x):
 
 
 @triton.jit
+def _field(p, i_n, flags, bit):
+    """Per-rollout field i_n as float32, 0 when the batch does not carry it."""
+    v = tl.zeros([], dtype=tl.float32)
+    if (flags & bit) != 0:
+        v = tl.load(p + i_n).to(tl.float32)
+    return v
+
+
+@triton.jit(do_not_specialize=["G", "group_steps", "len_denom", "flags"])
 def _rollout_features_kernel(
-    p_lp, p_ent, p_cur, p_off, p_gidx, p_goff,
-    p_reward, p_age, p_reuse, p_trunc, p_clip, p_out,
-    len_denom, q: tl.float64, eps: tl.float64,
-    HAS_ENT: tl.constexpr, HAS_CUR: tl.constexpr, MASK_NONFINITE: tl.constexpr,
-    ONE_CHUNK: tl.constexpr, D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_G: tl.constexpr,
+    p_lp, p_ent, p_cur, p_off, p_goff, p_reward, p_age, p_reuse, p_trunc, p_clip, p_denom, p_out,
+    G, group_steps, len_denom, q: tl.float64, eps: tl.float64, flags,
+    D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_G: tl.constexpr,
 ):
     i_n = tl.program_id(0)
     start = tl.load(p_off + i_n).to(tl.int64)
     end = tl.load(p_off + i_n + 1).to(tl.int64)
     o_l = tl.arange(0, BLOCK_L)
+    mask_nonfinite = flags & MASK_NONFINITE
 
-    # Sums in float64 scalars (one reduction per chunk), min / max in float32 registers.
+    # Sums in float64 scalars (one reduction per chunk), counts in int32, min / max in float32 lanes.
     s_lp = tl.zeros([], dtype=tl.float64)
     s_e = tl.zeros([], dtype=tl.float64)
     s_r = tl.zeros([], dtype=tl.float64)
-    n_lp = tl.zeros([], dtype=tl.int64)
-    n_e = tl.zeros([], dtype=tl.int64)
-    n_r = tl.zeros([], dtype=tl.int64)
+    n_lp = tl.zeros([], dtype=tl.int32)
+    n_e = tl.zeros([], dtype=tl.int32)
+    n_r = tl.zeros([], dtype=tl.int32)
     b_min = tl.full([BLOCK_L], float("inf"), dtype=tl.float32)
     b_rmax = tl.zeros([BLOCK_L], dtype=tl.float32)
     for c in range(start, end, BLOCK_L):
         o_t = c + o_l
         # [BLOCK_L]
-        b_lp, m_lp = _load(p_lp, o_t, o_t < end, MASK_NONFINITE)
+        b_lp, m_lp = _load(p_lp, o_t, o_t < end, mask_nonfinite)
         s_lp += _sum64(b_lp, m_lp)
+        n_lp += tl.sum(m_lp.to(tl.int32), axis=0)
         b_min = tl.minimum(b_min, tl.where(m_lp, b_lp, float("inf")))
-        if MASK_NONFINITE:
-            n_lp += tl.sum(m_lp.to(tl.int64), axis=0)
-        if HAS_ENT:
-            b_e, m_e = _load(p_ent, o_t, o_t < end, MASK_NONFINITE)
+        if (flags & HAS_ENT) != 0:
+            b_e, m_e = _load(p_ent, o_t, o_t < end, mask_nonfinite)
             s_e += _sum64(b_e, m_e)
-            if MASK_NONFINITE:
-                n_e += tl.sum(m_e.to(tl.int64), axis=0)
-        if HAS_CUR:
-            b_c, m_r = _load(p_cur, o_t, m_lp, MASK_NONFINITE)
+            n_e += tl.sum(m_e.to(tl.int32), axis=0)
+        if (flags & HAS_CUR) != 0:
+            b_c, m_r = _load(p_cur, o_t, m_lp, mask_nonfinite)
             # |log ratio| in float64: finite log-probs at opposite extremes do not overflow.
             b_r = tl.where(m_r, tl.abs(b_c.to(tl.float64) - b_lp.to(tl.float64)), 0.0)
             s_r += tl.sum(b_r, axis=0)
+            n_r += tl.sum(m_r.to(tl.int32), axis=0)
             b_rmax = tl.maximum(b_rmax, b_r.to(tl.float32))
-            if MASK_NONFINITE:
-                n_r += tl.sum(m_r.to(tl.int64), axis=0)
-    if not MASK_NONFINITE:
-        n_lp = end - start
-        n_e = end - start
-        n_r = end - start
 
     lp_mean = s_lp / tl.maximum(n_lp, 1).to(tl.float64)
     lp_min = tl.where(n_lp > 0, tl.min(b_min, axis=0), 0.0)
@@ -175,14 +194,14 @@ def _rollout_features_kernel(
     r_max = tl.max(b_rmax, axis=0)
 
     # q arrives as float64 (tl.full keeps it so under the interpreter, which passes Python floats).
-    last = tl.maximum(n_lp - 1, 0)
-    k = tl.minimum(tl.floor(tl.full([], q, tl.float64) * last.to(tl.float64) + _SLACK).to(tl.int64),
-                   last)
-    lp_q = tl.where(n_lp > 0, _kth_smallest(p_lp, start, end, k, o_l, MASK_NONFINITE, ONE_CHUNK, BLOCK_L), 0.0)
+    last = tl.maximum(n_lp - 1, 0).to(tl.int64)
+    k = tl.minimum(tl.floor(tl.full([], q, tl.float64) * last.to(tl.float64) + _SLACK).to(tl.int64), last)
+    lp_q = tl.where(n_lp > 0, _kth_smallest(p_lp, start, end, k, o_l, mask_nonfinite, BLOCK_L), 0.0)
+
+    g = group_of(p_goff, i_n, G, group_steps)
 
     # Group statistics in float64, deviations from a pivot (the group's first reward): a group of
-    # equal rewards has exactly 0 std and advantage. Each program re-reads its (small) group.
-    g = tl.load(p_gidx + i_n)
+    # equal rewards has exactly 0 std and advantage. Each program re-reads its group (from cache).
     gs = tl.load(p_goff + g).to(tl.int64)
     ge = tl.load(p_goff + g + 1).to(tl.int64)
     o_g = tl.arange(0, BLOCK_G)
@@ -204,6 +223,11 @@ def _rollout_features_kernel(
     r = tl.load(p_reward + i_n)
     dev = r.to(tl.float64) - r_piv - mean_d
 
+    # length_frac: max_response_len from the host, else the longest rollout, reduced on the device.
+    denom = len_denom.to(tl.float64)
+    if len_denom <= 0:
+        denom = tl.maximum(tl.load(p_denom), 1).to(tl.float64)
+
     p_row = p_out + i_n.to(tl.int64) * D
     tl.store(p_row + 0, r.to(tl.float32))
     tl.store(p_row + 1, (r_piv + mean_d).to(tl.float32))
@@ -215,56 +239,68 @@ def _rollout_features_kernel(
     tl.store(p_row + 7, ent_mean.to(tl.float32))
     tl.store(p_row + 8, r_mean.to(tl.float32))
     tl.store(p_row + 9, r_max)
-    tl.store(p_row + 10, ((end - start).to(tl.float64) / len_denom.to(tl.float64)).to(tl.float32))
-    tl.store(p_row + 11, tl.load(p_trunc + i_n).to(tl.float32))
-    tl.store(p_row + 12, tl.load(p_age + i_n).to(tl.float32))
-    tl.store(p_row + 13, tl.load(p_reuse + i_n).to(tl.float32))
-    tl.store(p_row + 14, tl.load(p_clip + i_n).to(tl.float32))
+    tl.store(p_row + 10, ((end - start).to(tl.float64) / denom).to(tl.float32))
+    tl.store(p_row + 11, _field(p_trunc, i_n, flags, HAS_TRUNC))
+    tl.store(p_row + 12, _field(p_age, i_n, flags, HAS_AGE))
+    tl.store(p_row + 13, _field(p_reuse, i_n, flags, HAS_REUSE))
+    tl.store(p_row + 14, _field(p_clip, i_n, flags, HAS_CLIP))
 
 
-# The longest rollout that the quantile bisection keeps in registers.
-MAX_ONE_CHUNK = 4096
+# Token block of one program: a short rollout fits one block (its quantile stays in registers).
+# Two sizes only, chosen from the mean length the host knows (num_tokens / N); a rollout longer
+# than its block is read in chunks.
+SHORT_BLOCK = 256
+LONG_BLOCK = 2048
+
+
+def features_plan(num_rollouts: int, num_tokens: int, device_type: str = "cuda") -> LaunchConfig:
+    """Block sizes and warps of a launch: a function of the batch's rollout and token counts only."""
+    short = num_tokens <= 128 * max(num_rollouts, 1)
+    block_l = SHORT_BLOCK if short else LONG_BLOCK
+    warps = 2 if short else 8
+    return launch_config(num_warps=warps, D=NUM_FEATURES, BLOCK_L=block_l, BLOCK_G=32 * warps)
+
+
+def _features_args(batch: RolloutBatch, cfg: FeatureConfig, out: torch.Tensor) -> tuple:
+    """The kernel's arguments for `batch` (everything but the constexprs): no device data is read.
+    Absent optional streams and fields are left out by `flags`; their pointer is a stand-in."""
+    dev = batch.device
+    lp = batch.token_logprobs
+    flags = MASK_NONFINITE.value if batch.mask_nonfinite else 0
+    fields = []
+    for name, bit, dtype in (("token_entropy", HAS_ENT, None), ("cur_logprobs", HAS_CUR, None),
+                             ("age", HAS_AGE, torch.float32), ("reuse_count", HAS_REUSE, torch.float32),
+                             ("truncated", HAS_TRUNC, torch.bool), ("clip_ratio", HAS_CLIP, torch.float32)):
+        v = getattr(batch, name)
+        if v is None:
+            fields.append(lp if dtype is None else torch.empty(0, dtype=dtype, device=dev))
+        else:
+            flags |= bit.value
+            fields.append(v if dtype is None else v.to(dtype))
+    ent, cur, age, reuse, trunc, clip = fields
+    g = batch.num_groups
+    off = batch.offsets
+    if batch.max_response_len:
+        len_denom, p_denom = int(batch.max_response_len), off
+    else:
+        len_denom, p_denom = 0, torch.amax(off[1:] - off[:-1])
+    return (lp, ent, cur, off, batch.group_offsets, batch.reward, age, reuse, trunc, clip, p_denom, out,
+            g, g.bit_length(), len_denom, float(cfg.low_quantile), float(cfg.std_eps), flags)
 
 
 def rollout_features_triton(batch: RolloutBatch, config: FeatureConfig | None = None,
                             validate: bool = True) -> torch.Tensor:
     """Launcher: one program per rollout, every stream read once (plus the quantile's re-reads
-    from cache when a rollout is longer than MAX_ONE_CHUNK)."""
+    from cache when a rollout is longer than its block). Reads no device data on the host."""
     cfg = config or FeatureConfig()
     if validate:
         batch.validate()
     n = batch.num_rollouts
     if n == 0:
         return empty_features(batch)
-    dev = batch.device
-    longest, denom = max_len(batch)
-    out = torch.full((n, NUM_FEATURES), float("nan"), dtype=torch.float32, device=dev)
-    zeros = torch.zeros(n, dtype=torch.float32, device=dev)
-    one_chunk = longest <= MAX_ONE_CHUNK
-    block_l = max(triton.next_power_of_2(longest) if one_chunk else 1024, 16)
-    block_g = max(16, min(triton.next_power_of_2(int(batch.group_sizes.max())), 1024))
-    gidx = batch.group_index().to(torch.int32)
-    lp = batch.token_logprobs
-    _rollout_features_kernel[(n,)](
-        lp,
-        batch.token_entropy if batch.token_entropy is not None else lp,
-        batch.cur_logprobs if batch.cur_logprobs is not None else lp,
-        batch.offsets, gidx, batch.group_offsets,
-        batch.reward,
-        batch.age if batch.age is not None else zeros,
-        batch.reuse_count if batch.reuse_count is not None else zeros,
-        batch.truncated.to(torch.int8) if batch.truncated is not None else zeros,
-        batch.clip_ratio if batch.clip_ratio is not None else zeros,
-        out,
-        denom, float(cfg.low_quantile), float(cfg.std_eps),
-        HAS_ENT=batch.token_entropy is not None,
-        HAS_CUR=batch.cur_logprobs is not None,
-        MASK_NONFINITE=batch.mask_nonfinite,
-        ONE_CHUNK=one_chunk,
-        D=NUM_FEATURES,
-        BLOCK_L=block_l,
-        BLOCK_G=block_g,
-    )
+    out = new_output((n, NUM_FEATURES), validate, batch.device)
+    plan = features_plan(n, batch.num_tokens, batch.device.type)
+    _rollout_features_kernel[(n,)](*_features_args(batch, cfg, out), **plan.kwargs())
     return out
 
 

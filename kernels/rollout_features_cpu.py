@@ -1,11 +1,18 @@
 """The fast CPU backend of rollout_features (backend "cpu"; "auto" on CPU tensors).
 
 Same definitions, masking rule and numerics as kernels/rollout_features.py
-(float64 sums and |log ratio|, one rounding to float32 at the end), computed
-with numpy's segmented reductions: C loops over the flat streams, no row index
-and no padding, and the exact quantile by introselect. numpy is used on the CPU
-only because its `reduceat` and `partition` are 3-10x faster there than
-`segment_reduce` and `topk`.
+(float64 sums and |log ratio|, one rounding to float32 at the end). Two
+implementations of the per-rollout token statistics:
+- with numba installed (the `fast-cpu` extra), one compiled pass over each
+  rollout that reads every stream once, sums in float64 and collects the
+  quantile's candidates (the tokens under a per-row threshold read off a
+  sample of the stream); the exact k-th smallest is then selected among the
+  candidates, or among the whole rollout when too few fall under it;
+- without numba, numpy's segmented reductions (C loops over the flat streams,
+  no row index and no padding) and the exact quantile by introselect on the
+  candidates (numpy's `reduceat` and `partition` are 3-10x faster on the CPU
+  than `segment_reduce` and `topk`).
+Both give the same values: the sums differ only in float64 summation order.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import torch
 
 from rollout_bandits.batch import RolloutBatch
 from rollout_bandits.kernels.feature_spec import (
+    QUANTILE_SLACK,
     FeatureConfig,
     assemble,
     empty_features,
@@ -22,6 +30,11 @@ from rollout_bandits.kernels.feature_spec import (
     quantile_rank,
 )
 from rollout_bandits.validation import fail
+
+try:  # optional: the `fast-cpu` extra
+    import numba
+except ImportError:  # pragma: no cover - exercised where numba is absent
+    numba = None
 
 
 def rollout_features_cpu(batch: RolloutBatch, config: FeatureConfig | None = None,
@@ -43,7 +56,8 @@ def rollout_features_cpu(batch: RolloutBatch, config: FeatureConfig | None = Non
     stats = np.zeros((6, n))
     if rows.size:
         starts = batch.offsets[:-1].to(torch.int64).numpy()[rows]
-        stats[:, rows] = _token_stats(batch, cfg.low_quantile, starts, lens[rows])
+        token_stats = _token_stats_numba if numba is not None else _token_stats
+        stats[:, rows] = token_stats(batch, cfg.low_quantile, starts, lens[rows])
     lp_mean, lp_min, lp_q, ent_mean, r_mean, r_max = (torch.from_numpy(s) for s in stats)
     return assemble(batch, cfg, lp_mean, lp_min, lp_q, ent_mean, r_mean, r_max, lengths.double() / denom)
 
@@ -165,3 +179,144 @@ def kth_smallest_rows(lp: np.ndarray, starts: np.ndarray, lens: np.ndarray, k: n
         bad = ~ok
         out[bad] = _kth_smallest_dense(lp, starts[bad], lens[bad], k[bad])
     return out
+
+
+# ------------------------------------------------------------------ numba
+def _row_brackets(lp: np.ndarray, lens: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, order keys lo <= hi such that, in expectation, the row's quantile (rank k) lies
+    in [lo, hi] with about 5 sqrt(k + 1) + 4 of its tokens: read off a sorted strided sample of
+    the whole stream at the fractions (k + 1 -+ (2.5 sqrt(k + 1) + 2)) / n. Only the work done
+    depends on them: a row whose quantile falls outside is selected among all its tokens."""
+    k = np.floor(q * (lens - 1) + QUANTILE_SLACK)
+    need = k + 1.0
+    margin = 2.5 * np.sqrt(need) + 2.0
+    sample = _keys(np.sort(lp[:: max(1, lp.size // 8192)]))
+    lo_frac, hi_frac = (need - margin) / lens, (need + margin) / lens
+    size = sample.size
+    lo = np.where(lo_frac <= 0.0, np.int32(-2**31), sample[np.clip((lo_frac * size).astype(np.int64), 0, size - 1)])
+    hi = np.where(hi_frac >= 1.0, np.int32(2**31 - 1),
+                  sample[np.clip(np.ceil(hi_frac * size).astype(np.int64), 0, size - 1)])
+    return lo.astype(np.int32), np.maximum(hi, lo).astype(np.int32)
+
+
+def _keys(x: np.ndarray) -> np.ndarray:
+    """float32 -> int32 whose signed order is the float order (NaN above +inf, as on the GPU)."""
+    b = x.view(np.int32)
+    return b ^ ((b >> 31) & np.int32(0x7FFFFFFF))
+
+
+def _token_stats_numba(batch: RolloutBatch, q: float, starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """[6, rows] float64 like `_token_stats`, in one compiled pass per rollout."""
+    lp = _stream(batch, "token_logprobs")
+    ent = _stream(batch, "token_entropy") if batch.token_entropy is not None else lp
+    cur = _stream(batch, "cur_logprobs") if batch.cur_logprobs is not None else lp
+    out = np.zeros((6, lens.size))
+    q_keys = np.zeros(lens.size, dtype=np.int32)
+    _stats_kernel(lp, lp.view(np.int32), ent, cur, starts, lens, *_row_brackets(lp, lens, q), float(q),
+                  bool(batch.mask_nonfinite), out, q_keys)
+    if batch.token_entropy is None:
+        out[3] = 0.0
+    if batch.cur_logprobs is None:
+        out[4:6] = 0.0
+    has = out[1] == out[1]  # rows with a counted token (the others have NaN there)
+    out[2] = np.where(has, _keys(q_keys).view(np.float32), 0.0)  # the key map is its own inverse
+    out[1] = np.where(has, out[1], 0.0)
+    return out
+
+
+if numba is not None:
+    _jit = numba.njit(cache=True, nogil=True, boundscheck=False)
+
+    @_jit
+    def _collect(lp, lp_bits, s, e, lo_key, hi_key, mask, buf):
+        """Among the counted tokens of [s, e): the number whose order key is below lo_key, and the
+        keys in [lo_key, hi_key], written to buf (with their number)."""
+        below = m = 0
+        for t in range(s, e):
+            b = lp_bits[t]
+            key = b ^ ((b >> 31) & 0x7FFFFFFF)
+            counted = not mask or np.abs(lp[t]) < np.inf
+            buf[m] = key
+            below += counted & (key < lo_key)
+            m += counted & (key >= lo_key) & (key <= hi_key)
+        return below, m
+
+    @_jit
+    def _select(keys, m, k):
+        """k-th smallest (0-based) of keys[:m], in place (quickselect, median of three)."""
+        lo, hi = 0, m - 1
+        while hi > lo:
+            mid = (lo + hi) // 2
+            a, b, c = keys[lo], keys[mid], keys[hi]
+            pivot = max(min(a, b), min(max(a, b), c))
+            i, j = lo, hi
+            while i <= j:
+                while keys[i] < pivot:
+                    i += 1
+                while keys[j] > pivot:
+                    j -= 1
+                if i <= j:
+                    keys[i], keys[j] = keys[j], keys[i]
+                    i += 1
+                    j -= 1
+            if k <= j:
+                hi = j
+            elif k >= i:
+                lo = i
+            else:
+                return keys[k]
+        return keys[k]
+
+    # reassoc: the float64 sums may be taken in any order, nsz: a min / max may return either zero
+    # (they compare equal); with these LLVM vectorizes the loops. No finite-math assumption, so
+    # the isfinite tests of the masking rule stay.
+    @numba.njit(cache=True, nogil=True, boundscheck=False, fastmath={"reassoc", "nsz"})
+    def _stats_kernel(lp, lp_bits, ent, cur, starts, lens, lo_keys, hi_keys, q, mask, out, q_keys):
+        """Per row: out[0, 1, 3, 4, 5] = log-prob mean and min, entropy mean, |log ratio| mean and
+        max (out[1] NaN for a row with no counted token), q_keys = the order key of the quantile.
+        An absent entropy or current log-prob stream comes as lp (its results are not used)."""
+        buf = np.empty(lens.max(), dtype=np.int32)
+        inf32 = np.float32(np.inf)
+        for i in range(lens.size):
+            s, e = starts[i], starts[i] + lens[i]
+            s_lp = s_e = s_r = r_max = 0.0
+            lp_min = inf32
+            if mask:
+                n_lp = n_e = n_r = 0
+                for t in range(s, e):
+                    x, v, c = lp[t], ent[t], cur[t]
+                    fx, fv = np.abs(x) < np.inf, np.abs(v) < np.inf
+                    fc = fx & (np.abs(c) < np.inf)
+                    s_lp += np.float64(x) if fx else 0.0
+                    n_lp += fx
+                    lp_min = min(lp_min, x if fx else inf32)
+                    s_e += np.float64(v) if fv else 0.0
+                    n_e += fv
+                    r = abs(np.float64(c) - np.float64(x)) if fc else 0.0
+                    s_r += r
+                    n_r += fc
+                    r_max = max(r_max, r)
+            else:
+                n_lp = n_e = n_r = e - s
+                for t in range(s, e):
+                    x = lp[t]
+                    s_lp += np.float64(x)
+                    lp_min = min(lp_min, x)
+                    s_e += np.float64(ent[t])
+                    r = abs(np.float64(cur[t]) - np.float64(x))
+                    s_r += r
+                    r_max = max(r_max, r)
+            out[0, i] = s_lp / max(n_lp, 1)
+            out[3, i] = s_e / max(n_e, 1)
+            out[4, i] = s_r / max(n_r, 1)
+            out[5, i] = r_max
+            if n_lp == 0:
+                out[1, i] = np.nan
+                continue
+            out[1, i] = lp_min
+            k = min(int(np.floor(q * (n_lp - 1) + QUANTILE_SLACK)), n_lp - 1)
+            # Candidates: the counted tokens whose key is at most the row's threshold key.
+            below, m = _collect(lp, lp_bits, s, e, lo_keys[i], hi_keys[i], mask, buf)
+            if not below <= k < below + m:  # the quantile is outside the bracket: take the whole row
+                below, m = _collect(lp, lp_bits, s, e, np.int32(-2**31), np.int32(2**31 - 1), mask, buf)
+            q_keys[i] = _select(buf, m, k - below)

@@ -12,14 +12,23 @@ Layout as in kernels/rollout_features.py: `@triton.jit` kernel, launcher,
 vectorized PyTorch reference, dispatcher; the plain float64 oracle that the
 tests hold both to is `ucb_score_naive` in kernels/naive.py.
 
-Kernel: one program per tile of BLOCK_N rows; the weights are read in
-[BLOCK_H, BLOCK_K] column/row chunks (each chunk is at most 64 KiB in fp32, so
-H = 256 fits on-chip), and every matrix product is a `tl.dot` in IEEE fp32
-(`input_precision="ieee"`: parity with the reference, and the scorer's FLOPs
-are tiny next to the feature pass). D = 15 and H need not be powers of two:
-blocks are padded to powers of two >= 16 and every load is masked, with
+Kernel: one program per tile of BLOCK_N rows. Layer 1 is computed in column
+chunks of BLOCK_K and fed straight into layer 2 as its K-chunks; for the dense
+bonus, phi @ Zinv is taken in K-chunks of phi, which the program reads back
+from its own rows of a scratch buffer (a register tile has no column slices).
+So every `tl.dot` has K <= 16 on CUDA and no operand holds all of H in
+registers: with BLOCK_N * BLOCK_H <= 4096 no configuration spills on sm_90 or
+sm_80 for H up to 256 (kernels/aot.py checks it). Accuracy: every product is a
+`tl.dot` in IEEE fp32 (`input_precision="ieee"`, the FMA units), not TF32 or
+bf16: the bonus is a quadratic form whose terms cancel, the tests hold kernel
+and reference to float32's forward error bound against the float64 oracle
+(tests/_oracle_tol.py) and to 1e-5 of each other, which a TF32 dot (10-bit
+mantissa, relative error ~5e-4 per product) would not meet, and the scorer's
+FLOPs are small next to the feature pass. D = 15 and H need not be powers of
+two: blocks are padded to powers of two >= 16 and every load is masked, with
 zeros in the padding (padding columns stay exactly 0 through both layers,
-since act(0) = 0 for ReLU and GELU).
+since act(0) = 0 for ReLU and GELU). The activation is a runtime flag (one
+compiled kernel serves ReLU and GELU).
 """
 
 from __future__ import annotations
@@ -28,9 +37,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import triton
-import triton.language as tl
 
+from rollout_bandits.kernels._triton import tl, triton
+from rollout_bandits.kernels.launch import LaunchConfig, launch_config, new_output
 from rollout_bandits.validation import check_choice, check_float, check_tensor, fail, shape_str, use_triton
 
 ACTIVATIONS = ("relu", "gelu")
@@ -139,20 +148,19 @@ class ScorerWeights:
 
 # --------------------------------------------------------------------- kernel
 @triton.jit
-def _act(x, GELU: tl.constexpr):
-    if GELU:
-        return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
-    else:
-        return tl.maximum(x, 0.0)
+def _act(x, gelu):
+    y = tl.maximum(x, 0.0)
+    if gelu:
+        y = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+    return y
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "D", "H", "stride_x", "gelu"])
 def _ucb_score_kernel(
-    p_x, p_w1, p_b1, p_w2, p_b2, p_w3, p_b3, p_z,
-    p_score, p_mean, p_bonus,
-    N, D, H, stride_x, gamma,
-    GELU: tl.constexpr, DIAG: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    p_x, p_w1, p_b1, p_w2, p_b2, p_w3, p_b3, p_z, p_phi, p_out,
+    N, D, H, stride_x, gamma, gelu,
+    DIAG: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     i_n = tl.program_id(0)
     o_n = i_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -168,9 +176,9 @@ def _ucb_score_kernel(
                   other=0.0).to(tl.float32)
 
     # Layer 1 in column chunks, fed straight into layer 2 as its K-chunks:
-    # acc2 = sum_k act(x @ w1[:, k] + b1[k]) @ w2[k, :].
+    # acc2 = sum_k act(x @ w1[:, k] + b1[k]) @ w2[k, :]. Every dot has K <= BLOCK_K or BLOCK_D.
     b_acc = tl.zeros([BLOCK_N, BLOCK_H], dtype=tl.float32)
-    for k0 in range(0, BLOCK_H, BLOCK_K):
+    for k0 in range(0, H, BLOCK_K):
         o_c = k0 + o_k
         m_c = o_c < H
         # [BLOCK_D, BLOCK_K]
@@ -178,7 +186,7 @@ def _ucb_score_kernel(
                        other=0.0).to(tl.float32)
         # [BLOCK_K]
         b_b1 = tl.load(p_b1 + o_c, mask=m_c, other=0.0).to(tl.float32)
-        b_h1 = _act(tl.dot(b_x, b_w1, input_precision="ieee") + b_b1[None, :], GELU)
+        b_h1 = _act(tl.dot(b_x, b_w1, input_precision="ieee") + b_b1[None, :], gelu)
         # [BLOCK_K, BLOCK_H]
         b_w2 = tl.load(p_w2 + o_c[:, None] * H + o_h[None, :], mask=m_c[:, None] & m_h[None, :],
                        other=0.0).to(tl.float32)
@@ -186,8 +194,8 @@ def _ucb_score_kernel(
     # [BLOCK_H]
     b_b2 = tl.load(p_b2 + o_h, mask=m_h, other=0.0).to(tl.float32)
     b_w3 = tl.load(p_w3 + o_h, mask=m_h, other=0.0).to(tl.float32)
-    # [BLOCK_N, BLOCK_H]
-    b_phi = _act(b_acc + b_b2[None, :], GELU)
+    # [BLOCK_N, BLOCK_H]; padding columns are exactly 0 (act(0) = 0)
+    b_phi = _act(b_acc + b_b2[None, :], gelu)
     b_mean = tl.sum(b_phi * b_w3[None, :], axis=1) + tl.load(p_b3).to(tl.float32)
 
     if DIAG:
@@ -195,24 +203,27 @@ def _ucb_score_kernel(
         b_zd = tl.load(p_z + o_h, mask=m_h, other=0.0).to(tl.float32)
         b_quad = tl.sum(b_phi * b_phi * b_zd[None, :], axis=1)
     else:
-        # quad = sum_c <(phi @ Z[:, c]), phi[:, c]>, c a column chunk; phi[:, c] is taken out of
-        # the register tile by a product with a 0/1 selection matrix (exact in IEEE fp32).
-        b_quad = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for c0 in range(0, BLOCK_H, BLOCK_K):
+        # quad = sum_j phi_j (phi @ Z)_j. phi @ Z is taken in K-chunks of phi, read back from this
+        # program's own rows of a scratch buffer (a register tile has no column slices; a full-K
+        # IEEE dot would hold all of K in registers and spill).
+        p_rows = p_phi + o_n[:, None] * BLOCK_H
+        tl.store(p_rows + o_h[None, :], b_phi)
+        tl.debug_barrier()
+        b_u = tl.zeros([BLOCK_N, BLOCK_H], dtype=tl.float32)
+        for c0 in range(0, H, BLOCK_K):
             o_c = c0 + o_k
-            m_c = o_c < H
-            # [BLOCK_H, BLOCK_K]
-            b_z = tl.load(p_z + o_h[:, None] * H + o_c[None, :], mask=m_h[:, None] & m_c[None, :],
+            # [BLOCK_N, BLOCK_K]
+            b_pc = tl.load(p_rows + o_c[None, :])
+            # [BLOCK_K, BLOCK_H]
+            b_z = tl.load(p_z + o_c[:, None] * H + o_h[None, :], mask=(o_c < H)[:, None] & m_h[None, :],
                           other=0.0).to(tl.float32)
-            b_u = tl.dot(b_phi, b_z, input_precision="ieee")
-            b_sel = (o_h[:, None] == o_c[None, :]).to(tl.float32)
-            b_pc = tl.dot(b_phi, b_sel, input_precision="ieee")
-            b_quad += tl.sum(b_u * b_pc, axis=1)
+            b_u += tl.dot(b_pc, b_z, input_precision="ieee")
+        b_quad = tl.sum(b_u * b_phi, axis=1)
     b_bonus = gamma * tl.sqrt(tl.maximum(b_quad, 0.0))
 
-    tl.store(p_mean + o_n, b_mean, mask=m_n)
-    tl.store(p_bonus + o_n, b_bonus, mask=m_n)
-    tl.store(p_score + o_n, b_mean + b_bonus, mask=m_n)
+    tl.store(p_out + o_n, b_mean + b_bonus, mask=m_n)
+    tl.store(p_out + N + o_n, b_mean, mask=m_n)
+    tl.store(p_out + 2 * N + o_n, b_bonus, mask=m_n)
 
 
 def _check_inputs(x: torch.Tensor, weights: ScorerWeights) -> None:
@@ -224,61 +235,72 @@ def _check_inputs(x: torch.Tensor, weights: ScorerWeights) -> None:
         fail("ucb_score", "x", f"device {x.device}", f"the device of the weights, {weights.device}")
 
 
+def ucb_plan(num_features: int, hidden: int, diagonal: bool, device_type: str = "cuda",
+             block_n: int | None = None) -> LaunchConfig:
+    """Block sizes, warps and stages of a launch: a function of D, H and the Zinv kind only."""
+    block_d = max(16, triton.next_power_of_2(num_features))
+    block_h = max(16, triton.next_power_of_2(hidden))
+    if device_type != "cuda":
+        # Under the interpreter a program costs ~0.5 ms whatever its size: big tiles, big chunks.
+        return launch_config(DIAG=diagonal, BLOCK_N=block_n or 128, BLOCK_D=block_d, BLOCK_H=block_h,
+                             BLOCK_K=min(block_h, 64))
+    # IEEE fp32 dots run on the FMA units with each operand's K slice in registers: K chunks of 16,
+    # [BLOCK_N, BLOCK_H] tiles of at most 4096 values, 16 per thread from H = 64 on.
+    return launch_config(num_warps=8 if block_h >= 64 else 4, DIAG=diagonal,
+                         BLOCK_N=block_n or max(16, min(64, 4096 // block_h)), BLOCK_D=block_d, BLOCK_H=block_h,
+                         BLOCK_K=16)
+
+
+def _ucb_args(x: torch.Tensor, w: ScorerWeights, plan: LaunchConfig, out: torch.Tensor) -> tuple:
+    """The kernel's arguments (everything but the constexprs), with the phi scratch of the dense
+    bonus ([rows of the grid, BLOCK_H] fp32; x stands in for it in the diagonal case)."""
+    n, d = x.shape
+    meta = dict(plan.meta)
+    rows = triton.cdiv(n, meta["BLOCK_N"]) * meta["BLOCK_N"]
+    phi = x if w.diagonal else torch.empty((rows, meta["BLOCK_H"]), dtype=torch.float32, device=x.device)
+    z = w.zinv if w.zinv is not None else w.zinv_diag
+    ws = (t.contiguous() for t in (w.w1, w.b1, w.w2, w.b2, w.w3, w.b3, z))
+    return (x, *ws, phi, out, n, d, w.hidden, x.stride(0), float(w.gamma), w.activation == "gelu")
+
+
 def ucb_score_triton(x: torch.Tensor, weights: ScorerWeights, *, validate: bool = True,
                      block_n: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Launcher: one program per BLOCK_N rows, weights chunk-loaded on chip, one launch."""
+    """Launcher: one program per BLOCK_N rows, weights chunk-loaded on chip, one launch. Reads no
+    device data on the host."""
     if validate:
         _check_inputs(x, weights)
-    n, d = x.shape
-    h = weights.hidden
     if x.stride(1) != 1:
         x = x.contiguous()
-    block_d = max(16, triton.next_power_of_2(d))
-    block_h = max(16, triton.next_power_of_2(h))
-    block_k = min(block_h, 64)
-    if block_n is None:
-        # Under the interpreter a program costs ~0.5 ms whatever its size: use big tiles.
-        block_n = 128 if x.device.type != "cuda" else (64 if block_h <= 64 else 32)
-    dev = x.device
-    score = torch.full((n,), float("nan"), dtype=torch.float32, device=dev)
-    mean = torch.full((n,), float("nan"), dtype=torch.float32, device=dev)
-    bonus = torch.full((n,), float("nan"), dtype=torch.float32, device=dev)
-    w = weights
-    z = w.zinv if w.zinv is not None else w.zinv_diag
-    cont = lambda t: t.contiguous()  # noqa: E731
-    _ucb_score_kernel[(triton.cdiv(n, block_n),)](
-        x, cont(w.w1), cont(w.b1), cont(w.w2), cont(w.b2), cont(w.w3), cont(w.b3), cont(z),
-        score, mean, bonus,
-        n, d, h, x.stride(0), float(w.gamma),
-        GELU=w.activation == "gelu", DIAG=w.zinv is None,
-        BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_H=block_h, BLOCK_K=block_k,
-        num_warps=4,
-    )
-    return score, mean, bonus
+    n, d = x.shape
+    plan = ucb_plan(d, weights.hidden, weights.diagonal, x.device.type, block_n)
+    out = new_output((3, n), validate, x.device)
+    _ucb_score_kernel[(triton.cdiv(n, dict(plan.meta)["BLOCK_N"]),)](*_ucb_args(x, weights, plan, out),
+                                                                     **plan.kwargs())
+    return out[0], out[1], out[2]
 
 
 # ------------------------------------------------------------------ reference
-def _act_ref(x: torch.Tensor, activation: str) -> torch.Tensor:
+def _act_ref_(x: torch.Tensor, activation: str) -> torch.Tensor:
     if activation == "gelu":
         return torch.nn.functional.gelu(x)  # exact erf form, as in the kernel
-    return torch.relu(x)
+    return x.relu_()
 
 
 def ucb_score_reference(x: torch.Tensor, weights: ScorerWeights, *, validate: bool = True
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Vectorized PyTorch reference (fp32 matmuls); the CPU path."""
+    """Vectorized PyTorch reference (fp32 matmuls, in place where it can); the CPU path."""
     if validate:
         _check_inputs(x, weights)
     w = weights
     xf = x.float()
-    h1 = _act_ref(torch.addmm(w.b1.float(), xf, w.w1.float()), w.activation)
-    phi = _act_ref(torch.addmm(w.b2.float(), h1, w.w2.float()), w.activation)
-    mean = phi @ w.w3.float() + w.b3.float()
+    h1 = _act_ref_(torch.addmm(w.b1.float(), xf, w.w1.float()), w.activation)
+    phi = _act_ref_(torch.addmm(w.b2.float(), h1, w.w2.float()), w.activation)
+    mean = torch.addmv(w.b3.float(), phi, w.w3.float())
     if w.zinv is not None:
-        quad = ((phi @ w.zinv.float()) * phi).sum(dim=1)
+        quad = (phi @ w.zinv.float()).mul_(phi).sum(dim=1)
     else:
-        quad = (phi * phi) @ w.zinv_diag.float()
-    bonus = float(w.gamma) * quad.clamp_min(0.0).sqrt()
+        quad = torch.mv(phi.square_(), w.zinv_diag.float())
+    bonus = quad.clamp_min_(0.0).sqrt_().mul_(float(w.gamma))
     return mean + bonus, mean, bonus
 
 

@@ -15,6 +15,7 @@ they check ranges with the `check_*` helpers below. Tensors are checked with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -71,11 +72,18 @@ def check_int(owner: str, name: str, value, lo: int | None = 0, hi: int | None =
     return value
 
 
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def check_float(owner: str, name: str, value, lo: float = 0.0, hi: float = math.inf, *,
                 lo_open: bool = False, hi_open: bool = False, allow_none: bool = False) -> float | None:
     if value is None and allow_none:
         return None
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
     if ok:
         ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
     if not ok:
@@ -153,6 +161,14 @@ def _annotation_text(tp) -> str:
     return str(tp)
 
 
+def check_type(owner: str, name: str, value, tp, *, found: str | None = None):
+    """One value against a type annotation (what `check_field_types` does per field); `found`
+    overrides how the value is described (e.g. the text of a command-line flag)."""
+    if not _annotation_ok(value, tp):
+        fail(owner, name, found or describe(value), _annotation_text(tp))
+    return value
+
+
 def check_field_types(obj) -> None:
     """Every field of a config dataclass holds a value of its annotated type.
 
@@ -175,8 +191,7 @@ def check_field_types(obj) -> None:
                                              for a in (tp, *typing.get_args(tp))):
             value = tuple(value)
             setattr(obj, f.name, value)
-        if not _annotation_ok(value, tp):
-            fail(owner, f.name, describe(value), _annotation_text(tp))
+        check_type(owner, f.name, value, tp)
 
 
 # ------------------------------------------------------------------- tensors
@@ -237,19 +252,33 @@ def check_magnitude(owner: str, name: str, value: torch.Tensor, limit: float = M
 
 
 # ------------------------------------------------------------------- backend
+@functools.cache
+def triton_available() -> bool:
+    """Whether the triton package imports (it has wheels for Linux only; the core runs without it)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def resolve_backend(backend: str, device: torch.device | str | None, owner: str) -> str:
     """The one backend selector: 'triton', 'reference' or 'cpu' for a backend name of BACKENDS
-    ('auto': Triton on CUDA, 'cpu' on the CPU, 'reference' on other devices). 'cpu' needs CPU
-    tensors."""
+    ('auto': Triton on CUDA, 'cpu' on the CPU, 'reference' on other devices and where triton is
+    not installed). 'cpu' needs CPU tensors; 'triton' needs the triton package."""
     if not isinstance(backend, str) or backend not in BACKENDS:
         fail(owner, "backend", describe(backend), " | ".join(BACKENDS))
     dev = torch.device(device) if device is not None else None
     if backend == "auto":
         if dev is None:
             return "reference"
-        return {"cuda": "triton", "cpu": "cpu"}.get(dev.type, "reference")
+        choice = {"cuda": "triton", "cpu": "cpu"}.get(dev.type, "reference")
+        return "reference" if choice == "triton" and not triton_available() else choice
     if backend == "cpu" and dev is not None and dev.type != "cpu":
         fail(owner, "backend", f"'cpu' with tensors on {dev}", "auto, triton or reference for non-CPU tensors")
+    if backend == "triton" and not triton_available():
+        fail(owner, "backend", "'triton' but the triton package is not installed",
+             "auto, reference or cpu (or install triton, which has Linux wheels)")
     return backend
 
 

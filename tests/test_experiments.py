@@ -13,8 +13,8 @@ TINY = {"steps": 2, "prompts_per_step": 3, "group_size": 4, "eval_every": 1, "ev
 
 
 def test_micro_grid_runs_shares_the_warmup_and_records_a_failure(tmp_path):
-    specs = [ex._spec("main", "grpo", "keep_all", 0), ex._spec("main", "grpo", "cbs", 0, scheduler={"window_rounds": 2}),
-             ex._spec("main", "grpo", "cbs", 0, extra_labels={"bad": "1"}, scheduler={"intra_ratio": 7.0})]
+    specs = [ex.spec("main", "grpo", "keep_all", 0), ex.spec("main", "grpo", "cbs", 0, scheduler={"window_rounds": 2}),
+             ex.spec("main", "grpo", "cbs", 0, extra_labels={"bad": "1"}, scheduler={"intra_ratio": 7.0})]
     kw = dict(results_dir=str(tmp_path / "res"), cache_dir=str(tmp_path / "cache"), runs_dir=str(tmp_path / "runs"),
               jobs=1, progress=False, log=lambda *_: None)
     lines = ex.sweep("micro", specs=specs, base=TINY, **kw)
@@ -65,7 +65,7 @@ def test_report_from_fake_results(tmp_path):
     bad = copy.deepcopy(recs[0])
     bad.update(name="broken", status="error", error="ValueError: boom")
     (res / "broken.json").write_text(json.dumps(bad))
-    out = ex.report(str(res), str(tmp_path / "docs" / "RESULTS.md"), str(tmp_path / "docs"))
+    out = ex.write_report(str(res), str(tmp_path / "docs" / "RESULTS.md"), str(tmp_path / "docs"))
     text = open(out).read()
 
     assert "| CBS | 40.3 ± 0.0 | 5.0 ± 0.0 | 42.0 ± 0.0" in text  # last 3 evals: (.38 + .41 + .42) / 3
@@ -88,3 +88,46 @@ def test_cli_has_sweep_and_report():
     assert a.grid == "ablations" and a.dry_run
     assert p.parse_args(["report"]).command == "report"
     assert p.parse_args(["demo"]).command == "demo"
+
+
+def test_diagnose_watches_the_run_through_the_train_callback(tmp_path):
+    from rollout_bandits.bandit.scheduler import Scheduler
+
+    select = Scheduler.select
+    path = ex.write_diagnostics("t", {"scheduler": {"window_rounds": 2}, "verifier_noise": 0.3}, seed=0,
+                                results_dir=str(tmp_path / "res"), base=TINY, cache_dir=str(tmp_path / "cache"),
+                                runs_dir=str(tmp_path / "runs"))
+    assert Scheduler.select is select  # no monkeypatch
+    out = json.load(open(path))
+    assert out["name"] == "t" and out["summary"]["intra_ratio"] == 0.5
+    assert set(out["summary"]["contrast_share"]) == {"first_half", "second_half"}
+    assert 0.0 <= out["summary"]["final"] <= 1.0
+
+
+def test_train_calls_on_step_after_each_selection(tmp_path):
+    from rollout_bandits.trainer.loop import config_from_dict, train
+
+    seen = []
+    cfg = config_from_dict({**TINY, "out_dir": str(tmp_path / "r")})
+    train(cfg, progress=False, log=lambda *_: None,
+          on_step=lambda step, plan, batch: seen.append((step, plan.round, batch.num_rollouts)))
+    assert seen == [(1, 0, 12), (2, 1, 12)]
+
+
+def test_report_refuses_a_missing_or_empty_results_folder(tmp_path, capsys):
+    from rollout_bandits.cli import main
+
+    out = tmp_path / "RESULTS.md"
+    out.write_text("the old report")
+    for results in (tmp_path / "typo", tmp_path):
+        code = main(["report", "--results", str(results), "--out", str(out), "--fig-dir", str(tmp_path / "f")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and "ReportOptions.results" not in err[0] and "report.results" in err[0]
+    assert out.read_text() == "the old report" and not (tmp_path / "f").exists()
+
+
+def test_sweep_rejects_a_bad_pattern_before_running():
+    import pytest
+
+    with pytest.raises(ValueError, match="sweep.only"):
+        ex.sweep("cpu", only="[", dry_run=True, log=lambda *_: None)

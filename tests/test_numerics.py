@@ -62,7 +62,7 @@ def _lengths(n: int, g: torch.Generator, hi: int = 40, lo: int = 1) -> list[int]
 
 # Each builder: (generator, small) -> (batch, validate). `small` = interpreter sizes.
 def _long_beside_short(g, small):
-    long = 5_000 if small else 200_000  # > MAX_ONE_CHUNK: the kernel's chunked path
+    long = 5_000 if small else 200_000  # longer than the kernel's token block: its chunked path
     return _batch([1, long, 1, 3, 1], [2, 3], g, lp_shift=-1e4), True
 
 

@@ -32,6 +32,7 @@ from rollout_bandits.validation import resolve_backend
 F = FEATURE_INDEX
 # The package re-exports the function under the module's name: fetch the module itself.
 rf_module = importlib.import_module("rollout_bandits.kernels.rollout_features")
+rf_cpu_module = importlib.import_module("rollout_bandits.kernels.rollout_features_cpu")
 PATHS = ["cpu", "reference", "triton"]
 IMPLS = {"naive": lambda b, cfg=None: rollout_features_naive(b, cfg).float(), "cpu": rollout_features_cpu,
          "reference": rollout_features_reference, "triton": rollout_features_triton}
@@ -195,9 +196,19 @@ def test_paths_match_oracle(kind, path):
     assert_matches_oracle(got, b, label=f"{kind}/{path} seed={seed}")
 
 
+@pytest.mark.parametrize("kind", KINDS, ids=KINDS)
+def test_cpu_backend_without_numba_matches_oracle(monkeypatch, kind):
+    """The numpy fallback of the CPU backend (where the `fast-cpu` extra is not installed)."""
+    monkeypatch.setattr(rf_cpu_module, "numba", None)
+    seed = _fresh_seed()
+    b = _random_batch(kind, seed)
+    assert_matches_oracle(rollout_features(b, backend="cpu"), b, label=f"{kind}/cpu-numpy seed={seed}")
+
+
 def test_triton_multi_chunk_quantile(monkeypatch):
-    """Rollouts longer than the in-register limit take the chunked bisection path."""
-    monkeypatch.setattr(rf_module, "MAX_ONE_CHUNK", 64)
+    """Rollouts longer than the kernel's token block take the chunked bisection path."""
+    monkeypatch.setattr(rf_module, "SHORT_BLOCK", 16)
+    monkeypatch.setattr(rf_module, "LONG_BLOCK", 16)
     seed = _fresh_seed()
     b = _random_batch("very_unequal", seed)
     for q in (0.1, 0.9):

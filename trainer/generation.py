@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import torch
 
 from rollout_bandits.batch import RolloutBatch
+from rollout_bandits.validation import check_choice, check_field_types, check_float, check_int
 
-BACKENDS = ("hf", "vllm")
+GENERATION_BACKENDS = ("hf", "vllm")
 
 
 @dataclass(frozen=True)
@@ -34,12 +35,12 @@ class GenerationConfig:
     vllm_logprobs: int = 20  # top-k log-probs vLLM returns per token (entropy approximation)
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"GenerationConfig.backend: found {self.backend!r}, expected one of {BACKENDS}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"GenerationConfig.max_new_tokens: found {self.max_new_tokens}, expected >= 1")
-        if not self.temperature > 0:
-            raise ValueError(f"GenerationConfig.temperature: found {self.temperature}, expected > 0")
+        o = "GenerationConfig"
+        check_field_types(self)
+        check_choice(o, "backend", self.backend, GENERATION_BACKENDS)
+        check_int(o, "max_new_tokens", self.max_new_tokens, 1)
+        check_float(o, "temperature", self.temperature, 0.0, lo_open=True)
+        check_int(o, "vllm_logprobs", self.vllm_logprobs, 1)
 
 
 @dataclass

@@ -4,9 +4,10 @@
              -> policy update -> gain probe -> observe -> (eval, checkpoint)
 
 Every stage is timed; a step's time is the sum of its stages (evaluation and
-checkpointing are reported apart). Checkpoints are written atomically and
-hold the model, optimizer, scheduler (learner + buffer) and RNG state, so a
-resumed run makes the same decisions as an uninterrupted one.
+checkpointing are reported apart). Checkpoints (see rundir.py: one writer per
+run directory, atomic writes) hold the model, optimizer, scheduler (learner +
+buffer) and RNG state, so a resumed run makes the same decisions as an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from dataclasses import dataclass, field
 import torch
 
 from rollout_bandits.bandit.gains import ProbeInputs
-from rollout_bandits.bandit.scheduler import Scheduler, SchedulerConfig
+from rollout_bandits.bandit.scheduler import Scheduler, SchedulerConfig, ScheduleStep
 from rollout_bandits.batch import RolloutBatch
+from rollout_bandits.config import build_dataclass, changed_fields
 from rollout_bandits.trainer.generation import GenerationConfig, make_generator, sequence_logprobs
 from rollout_bandits.trainer.losses import LOSSES, LossConfig, policy_loss
 from rollout_bandits.trainer.policy import (
@@ -34,13 +36,31 @@ from rollout_bandits.trainer.policy import (
     evaluate_pass_rate,
     sft_warmup,
 )
-from rollout_bandits.trainer.tasks import FAMILIES, make_task
-from rollout_bandits.trainer.tokenizer import CharTokenizer, token_ids_api
+from rollout_bandits.trainer.rundir import (
+    CHECKPOINT,
+    FORMAT,
+    METRICS,
+    RunLock,
+    check_run_dir,
+    load_checkpoint,
+    remove_stale_temp_files,
+    save_checkpoint,
+)
+from rollout_bandits.trainer.tasks import FAMILIES, MAX_DIFFICULTY, make_task
+from rollout_bandits.trainer.terminal import StopFlag, progress_bar
+from rollout_bandits.trainer.tokenizer import TOKENIZER_FILE, token_ids_api
+from rollout_bandits.validation import (
+    check_choice,
+    check_field_types,
+    check_float,
+    check_int,
+    check_str,
+    fail,
+)
 
 STAGES = ("generate", "verify", "schedule", "update", "probe", "observe")
 SCHEDULING_STAGES = ("schedule", "observe")
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
+MAX_SEED = 2**31 - 1  # seeds are mixed into torch generator seeds (seed * 1_000_033 + step)
 
 
 @dataclass
@@ -64,7 +84,6 @@ class TrainConfig:
     mini_batch_rollouts: int = 0  # > 0: one optimizer step per mini-batch of this many rollouts
     probe_fraction: float = 0.5  # share of the fresh groups the gain probe re-scores after the update
     num_threads: int = 1  # the tiny policy's ops are too small to gain from more; 0 keeps torch's choice
-    overwrite: bool = False
     seed: int = 0
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -72,63 +91,29 @@ class TrainConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def __post_init__(self) -> None:
+        o = "TrainConfig"
+        check_field_types(self)
         for name in ("steps", "prompts_per_step", "group_size", "eval_every", "eval_problems", "checkpoint_every"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"TrainConfig.{name}: found {v!r}, expected a positive int")
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"TrainConfig.warmup_steps: found {self.warmup_steps!r}, expected an int >= 0")
-        for name in ("lr", "warmup_lr"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not v > 0 or not math.isfinite(v):
-                raise ValueError(f"TrainConfig.{name}: found {v!r}, expected a positive number")
-        if isinstance(self.tasks, str):
-            self.tasks = tuple(t.strip() for t in self.tasks.split(",") if t.strip())
-        unknown = [t for t in self.tasks if t not in FAMILIES]
-        if unknown:
-            raise ValueError(f"TrainConfig.tasks: found unknown {unknown}, expected some of {sorted(FAMILIES)}")
-        if not isinstance(self.mini_batch_rollouts, int) or self.mini_batch_rollouts < 0:
-            raise ValueError(f"TrainConfig.mini_batch_rollouts: found {self.mini_batch_rollouts!r}, "
-                             "expected an int >= 0 (0: one step on the whole round)")
-        if not 0.0 < self.probe_fraction <= 1.0:
-            raise ValueError(f"TrainConfig.probe_fraction: found {self.probe_fraction}, expected in (0, 1]")
-        if not 0.0 <= self.verifier_noise <= 0.5:
-            raise ValueError(f"TrainConfig.verifier_noise: found {self.verifier_noise}, expected in [0, 0.5]")
-        for name, cls in (("policy", PolicyConfig), ("generation", GenerationConfig), ("loss", LossConfig),
-                          ("scheduler", SchedulerConfig)):
-            if not isinstance(getattr(self, name), cls):
-                raise ValueError(f"TrainConfig.{name}: found {type(getattr(self, name)).__name__}, "
-                                 f"expected {cls.__name__}")
+            check_int(o, name, getattr(self, name), 1)
+        for name in ("warmup_steps", "mini_batch_rollouts"):
+            check_int(o, name, getattr(self, name), 0)
+        for name in ("lr", "warmup_lr", "max_grad_norm"):  # max_grad_norm <= 0 would flip or zero every update
+            check_float(o, name, getattr(self, name), 0.0, lo_open=True)
+        for t in self.tasks:
+            check_choice(o, "tasks", t, tuple(FAMILIES))
+        check_int(o, "difficulty", self.difficulty, 1, MAX_DIFFICULTY)
+        check_float(o, "verifier_noise", self.verifier_noise, 0.0, 0.5)
+        check_float(o, "probe_fraction", self.probe_fraction, 0.0, 1.0, lo_open=True)
+        check_int(o, "num_threads", self.num_threads, 0, 1024)
+        check_int(o, "seed", self.seed, 0, MAX_SEED)
+        check_str(o, "out_dir", self.out_dir)
 
     @property
     def family_names(self) -> tuple[str, ...]:
         return self.tasks or tuple(FAMILIES)
 
 
-# --------------------------------------------------------------- checkpoints
-def save_checkpoint(path: str, state: dict) -> None:
-    """Temp file + rename: a crash mid-write never leaves a torn checkpoint."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise ValueError(f"checkpoint: {path!r} does not exist (nothing to resume)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types on a torn or foreign file
-        raise ValueError(f"checkpoint: {path!r} is corrupt or not a rollout-bandits checkpoint "
-                         f"({type(err).__name__}: {err})") from None
-    if not isinstance(state, dict) or state.get("format") != "rollout_bandits.train/v1":
-        raise ValueError(f"checkpoint: {path!r} is not a rollout-bandits checkpoint")
-    return state
-
-
 def config_from_dict(values: dict) -> TrainConfig:
-    from rollout_bandits.config import build_dataclass
-
     return build_dataclass(TrainConfig, values)
 
 
@@ -137,10 +122,12 @@ def config_from_dict(values: dict) -> TrainConfig:
 class TrainResult:
     out_dir: str
     pass_rate_before: dict[str, float]
-    pass_rate_after: dict[str, float]
+    pass_rate_after: dict[str, float]  # the last evaluation (at step `after_step`)
     metrics: list[dict]
     stage_seconds: dict[str, float]
     interrupted: bool = False
+    after_step: int = 0
+    steps: int = 0  # the configured number of steps
 
     @property
     def scheduling_share(self) -> float:
@@ -163,35 +150,6 @@ def _sample_problems(tasks, config: TrainConfig, step: int):
         task = tasks[rng.randrange(len(tasks))]
         problems.append((task, task.sample(1, split="train", seed=rng.getrandbits(48))[0]))
     return problems
-
-
-class _StopFlag:
-    """First Ctrl-C asks the loop to stop at the next step boundary (checkpoint intact); a second one
-    interrupts at once."""
-
-    def __init__(self):
-        self.requested = False
-        self._old = None
-
-    def __enter__(self):
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def _handler(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        import signal
-
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-        return False
 
 
 def _update(model, optimizer, generator, config: TrainConfig, train_set: RolloutBatch, train_prompts, adv,
@@ -280,28 +238,72 @@ def _gain_probe(model, tok, config, plan, batch, logp_train, train_set, prompt_r
     return gain_kw, plan.gain_arm_ids[idx], probe_logp
 
 
-def train(config: TrainConfig, *, resume: bool = False, steps: int | None = None, progress: bool = True,
-          log: Callable[[str], None] = print, stop_after: int | None = None) -> TrainResult:
-    """Run (or resume) training.
+OnStep = Callable[[int, ScheduleStep, RolloutBatch], None]
 
-    Resuming reads the checkpoint in `config.out_dir` and continues with the config stored there
-    (only `steps` may be raised, to extend a run). `stop_after` stops (with a checkpoint) after that
-    many steps of this call, as a Ctrl-C would."""
+
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
+          log: Callable[[str], None] = print, stop_after: int | None = None,
+          on_step: OnStep | None = None) -> TrainResult:
+    """Run (or resume) training in `config.out_dir`, holding its lock.
+
+    A new run refuses a directory that holds an earlier run's checkpoint or metrics unless
+    `overwrite` (which removes them first). Resuming continues the checkpoint there; `config` must
+    equal the stored one except `steps`, which may change to extend (or shorten) the run.
+    `stop_after` stops (with a checkpoint) after that many steps of this call, as a Ctrl-C would.
+    `on_step(step, plan, batch)` sees every round's selection (diagnostics) right after `select`."""
+    _check_model_path(config)  # read-only checks before anything is written
+    check_run_dir(config.out_dir, resume=resume, overwrite=overwrite)
+    os.makedirs(config.out_dir, exist_ok=True)
+    with RunLock(config.out_dir, log):
+        old = check_run_dir(config.out_dir, resume=resume, overwrite=overwrite)  # again, now alone
+        remove_stale_temp_files(config.out_dir, log)
+        state = None
+        if resume:
+            state = load_checkpoint(os.path.join(config.out_dir, CHECKPOINT))
+            config = _resume_config(config, state, log)
+        for name in old:
+            os.remove(os.path.join(config.out_dir, name))
+        if old:
+            log(f"--overwrite: removed {', '.join(old)} of the earlier run in {config.out_dir}")
+        try:
+            return _train(config, state, progress, log, stop_after, on_step)
+        except KeyboardInterrupt:
+            if state is None and not os.path.isfile(os.path.join(config.out_dir, CHECKPOINT)):
+                log("interrupted before the first RL step (warm-up or first evaluation): nothing to save")
+            raise
+
+
+def _check_model_path(config: TrainConfig) -> None:
+    path = config.policy.model_path
+    if path is None:
+        return
+    if not os.path.isdir(path):
+        fail("PolicyConfig", "model_path", f"{path!r}, which does not exist or is not a directory",
+             "a local Hugging Face checkpoint folder (nothing is downloaded)")
+    if config.warmup_steps and not os.path.isfile(os.path.join(path, TOKENIZER_FILE)):
+        fail("TrainConfig", "warmup_steps", f"{config.warmup_steps} for a model_path without the package's "
+             "char tokenizer", "0 (the supervised warm-up is for the embedded char-level policy)")
+
+
+def _resume_config(config: TrainConfig, state: dict, log: Callable[[str], None]) -> TrainConfig:
+    """The stored config, with `steps` (the only field a resume may change) from `config`."""
+    stored = config_from_dict(state["config"])
+    changed = [(k, a, b) for k, a, b in changed_fields(dataclasses.asdict(stored), dataclasses.asdict(config))
+               if k not in ("steps", "out_dir")]
+    if changed:
+        fail("resume", "config", "changed " + "; ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed),
+             "the run's stored config (only steps may change when resuming)")
+    if config.steps < state["step"]:
+        fail("TrainConfig", "steps", str(config.steps), f"an int >= {state['step']}, the checkpoint's step")
+    if config.steps != stored.steps:
+        log(f"resume: steps {stored.steps} -> {config.steps}")
+    return dataclasses.replace(stored, steps=config.steps, out_dir=config.out_dir)
+
+
+def _train(config: TrainConfig, state: dict | None, progress: bool, log: Callable[[str], None],
+           stop_after: int | None, on_step: OnStep | None) -> TrainResult:
     ckpt_path = os.path.join(config.out_dir, CHECKPOINT)
     metrics_path = os.path.join(config.out_dir, METRICS)
-    state = None
-    if resume:
-        state = load_checkpoint(ckpt_path)
-        config = config_from_dict(state["config"])
-        if steps is not None:
-            if steps < state["step"]:
-                raise ValueError(f"steps: found {steps}, expected >= {state['step']} (the checkpoint's step)")
-            config.steps = steps
-    elif os.path.exists(ckpt_path) and not config.overwrite:
-        raise ValueError(f"out_dir: {config.out_dir!r} already holds a checkpoint; pass --resume to continue "
-                         "it or --overwrite true to start over (the checkpoint is left untouched)")
-    os.makedirs(config.out_dir, exist_ok=True)
-
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
@@ -309,9 +311,6 @@ def train(config: TrainConfig, *, resume: bool = False, steps: int | None = None
              for name in config.family_names]
     model, hf_or_char_tok = build_policy(config.policy)
     tok = token_ids_api(hf_or_char_tok)  # what generation and the loss forward call
-    if config.warmup_steps and not isinstance(hf_or_char_tok, CharTokenizer):
-        raise ValueError("TrainConfig.warmup_steps: the supervised warm-up is for the embedded char-level policy; "
-                         "pass --warmup_steps 0 with --policy.model_path")
     generator = make_generator(config.generation, model, tok, model_path=config.policy.model_path)
     sched_cfg = config.scheduler
     scheduler = Scheduler(sched_cfg, seed=config.seed)
@@ -322,6 +321,7 @@ def train(config: TrainConfig, *, resume: bool = False, steps: int | None = None
             log(f"supervised warm-up: {config.warmup_steps} steps on {len(tasks)} task families ...")
             warm = sft_warmup(model, hf_or_char_tok, tasks, steps=config.warmup_steps, lr=config.warmup_lr, seed=config.seed)
             log(f"warm-up done in {warm['seconds']:.0f} s (final loss {warm['losses'][-1]:.3f})")
+        log(f"evaluating the held-out pass rate before RL ({config.eval_problems} problems per family) ...")
         before = _evaluate(model, hf_or_char_tok, tasks, config)
         log(f"held-out pass rate before RL: {before['mean']:.1%}; RL: {config.steps} steps of "
             f"{config.prompts_per_step} prompts x {config.group_size} rollouts, {config.loss.name} + "
@@ -355,7 +355,7 @@ def train(config: TrainConfig, *, resume: bool = False, steps: int | None = None
 
     def checkpoint(step: int) -> None:
         save_checkpoint(ckpt_path, {
-            "format": "rollout_bandits.train/v1", "step": step, "config": dataclasses.asdict(config),
+            "format": FORMAT, "step": step, "config": dataclasses.asdict(config),
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
             "pass_rate_before": before, "metrics": metrics, "prompt_registry": prompt_registry,
@@ -363,9 +363,9 @@ def train(config: TrainConfig, *, resume: bool = False, steps: int | None = None
             "probe": None if probe_batch is None else (probe_batch, probe_prompts), "probe_logp": probe_logp,
         })
 
-    bar = _progress(progress, config.steps, start)
+    bar = progress_bar(progress, config.steps, start)
     interrupted = False
-    with _StopFlag() as stop:
+    with StopFlag(log) as stop:
         try:
             for step in range(start + 1, config.steps + 1):
                 sec = dict.fromkeys(STAGES, 0.0)
@@ -391,6 +391,11 @@ def train(config: TrainConfig, *, resume: bool = False, steps: int | None = None
                 t0 = clock()
                 plan = scheduler.select(batch, prompt_ids=torch.tensor(uids))
                 sec["schedule"] = clock() - t0
+                if on_step is not None:
+                    on_step(step, plan, batch)
+                if plan.num_fresh_selected + plan.num_reused == 0:
+                    log(f"step {step}: {sched_cfg.policy} selected no rollouts (of {batch.num_rollouts}); "
+                        "update and gain probe skipped")
 
                 t0 = clock()
                 n_fresh, n_reused = plan.num_fresh_selected, plan.num_reused
@@ -453,14 +458,16 @@ def train(config: TrainConfig, *, resume: bool = False, steps: int | None = None
                 bar(step, record, after)
                 if stopping and not last:
                     interrupted = True
-                    log(f"stopped after step {step}: checkpoint written to {ckpt_path} (--resume continues)")
+                    log(f"stopped after step {step}: checkpoint written to {ckpt_path}")
                     break
         except KeyboardInterrupt:
             interrupted = True
-            log(f"interrupted mid-step: the last checkpoint in {ckpt_path} is intact (--resume continues)")
+            log(f"interrupted mid-step: the checkpoint in {ckpt_path} is intact" if os.path.isfile(ckpt_path)
+                else "interrupted mid-step before the first checkpoint: nothing to resume")
         finally:
             bar(None, None, None)
-    return TrainResult(config.out_dir, before, after, metrics, stage_seconds, interrupted)
+    after_step = next((m["step"] for m in reversed(metrics) if "eval" in m), 0)
+    return TrainResult(config.out_dir, before, after, metrics, stage_seconds, interrupted, after_step, config.steps)
 
 
 def _jsonable(d):
@@ -473,25 +480,3 @@ def _jsonable(d):
     if isinstance(d, float) and not math.isfinite(d):
         return None
     return d
-
-
-def _progress(enabled: bool, total: int, start: int):
-    """A rich progress bar with step, reward, pass rate and step time (no-op when disabled)."""
-    if not enabled:
-        return lambda *a: None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    prog = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    TextColumn("{task.fields[info]}"))
-    task = prog.add_task("train", total=total, completed=start, info="")
-    prog.start()
-
-    def update(step, record, evals):
-        if step is None:
-            prog.stop()
-            return
-        info = (f"reward {record['reward']:.2f}  pass {record['pass_rate']:.2f}  "
-                f"held-out {evals['mean']:.2f}  {record['step_seconds']:.1f}s/step")
-        prog.update(task, completed=step, info=info)
-
-    return update

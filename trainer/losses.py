@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rollout_bandits.validation import check_choice, check_field_types, check_float
+
 AGGREGATIONS = ("seq_mean", "token_mean", "constant")
 REUSE_WEIGHTINGS = ("none", "clipped_is")
 
@@ -38,15 +40,13 @@ class LossConfig:
     std_eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        if self.name not in LOSSES:
-            raise ValueError(f"LossConfig.name: found {self.name!r}, expected one of {sorted(LOSSES)}")
-        if self.reuse_weighting not in REUSE_WEIGHTINGS:
-            raise ValueError(f"LossConfig.reuse_weighting: found {self.reuse_weighting!r}, "
-                             f"expected one of {REUSE_WEIGHTINGS}")
-        if self.clip_low is not None and not 0.0 < self.clip_low < 1.0:
-            raise ValueError(f"LossConfig.clip_low: found {self.clip_low}, expected a value in (0, 1)")
-        if self.clip_high is not None and not self.clip_high > 0.0:
-            raise ValueError(f"LossConfig.clip_high: found {self.clip_high}, expected a value > 0")
+        o = "LossConfig"
+        check_field_types(self)
+        check_choice(o, "name", self.name, tuple(LOSSES))
+        check_choice(o, "reuse_weighting", self.reuse_weighting, REUSE_WEIGHTINGS)
+        check_float(o, "clip_low", self.clip_low, 0.0, 1.0, lo_open=True, hi_open=True, allow_none=True)
+        check_float(o, "clip_high", self.clip_high, 0.0, lo_open=True, allow_none=True)
+        check_float(o, "std_eps", self.std_eps, 0.0, lo_open=True)
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,14 @@ import torch
 
 from rollout_bandits.trainer.tasks import Problem, Task
 from rollout_bandits.trainer.tokenizer import TOKENIZER_FILE, CharTokenizer
+from rollout_bandits.validation import check_choice, check_field_types, check_int, check_str, fail
 
 ARCHS = ("llama", "gpt2")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Measured on 2 shared CPU cores, default PolicyConfig (137,728 params), batch 64, difficulty 1,
 # greedy pass rate on 200 held-out problems per family
-# (`python -m rollout_bandits.trainer.policy --steps 1000 --seed S`), ~20 s of training on 1 thread
+# (`rollout-bandits warmup --steps 1000 --seed S`), ~20 s of training on 1 thread
 # (2 threads: 19-166 s depending on other load), evaluation 0.2 s for all seven families:
 #   seed 0: add .20 mul .20 mod .38 countdown .34 sort .43 parity .32 count .27
 #   seed 1: add .68 mul .24 mod .25 countdown .60 sort .28 parity .29 count .39
@@ -59,23 +60,19 @@ class PolicyConfig:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise ValueError(f"PolicyConfig.arch: found {self.arch!r}, expected one of {ARCHS}")
+        o = "PolicyConfig"
+        if isinstance(self.model_path, os.PathLike):
+            self.model_path = os.fspath(self.model_path)
+        check_field_types(self)
+        check_choice(o, "arch", self.arch, ARCHS)
         for name in ("n_layers", "hidden", "n_heads", "max_length"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"PolicyConfig.{name}: found {v!r}, expected a positive int")
+            check_int(o, name, getattr(self, name), 1)
         if self.hidden % self.n_heads:
-            raise ValueError(
-                f"PolicyConfig.hidden: found {self.hidden} with n_heads={self.n_heads}, "
-                "expected hidden divisible by n_heads"
-            )
-        if self.intermediate is not None and (not isinstance(self.intermediate, int) or self.intermediate < 1):
-            raise ValueError(f"PolicyConfig.intermediate: found {self.intermediate!r}, expected a positive int or None")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"PolicyConfig.dtype: found {self.dtype!r}, expected one of {sorted(_DTYPES)}")
-        if self.model_path is not None and not isinstance(self.model_path, (str, os.PathLike)):
-            raise ValueError(f"PolicyConfig.model_path: found {self.model_path!r}, expected a path or None")
+            fail(o, "hidden", f"{self.hidden} with n_heads={self.n_heads}", "hidden divisible by n_heads")
+        check_int(o, "intermediate", self.intermediate, 1, allow_none=True)
+        check_int(o, "seed", self.seed, 0, 2**31 - 1)
+        check_str(o, "model_path", self.model_path, allow_none=True)
+        check_choice(o, "dtype", self.dtype, tuple(_DTYPES))
 
 
 def _hf_config(config: PolicyConfig, tok: CharTokenizer):
@@ -362,37 +359,3 @@ __all__ = [
     "sft_warmup",
     "torch_threads",
 ]
-
-
-def _main(argv: Sequence[str] | None = None) -> None:
-    """`python -m rollout_bandits.trainer.policy --steps 300 600`: warm-up pass rates per family."""
-    import argparse
-
-    from rollout_bandits.trainer.tasks import FAMILIES, make_tasks
-
-    ap = argparse.ArgumentParser(description=_main.__doc__)
-    ap.add_argument("--steps", type=int, nargs="+", default=[DEFAULT_WARMUP_STEPS])
-    ap.add_argument("--families", nargs="+", default=list(FAMILIES))
-    ap.add_argument("--difficulty", type=int, default=1)
-    ap.add_argument("--n", type=int, default=200, help="held-out problems per family")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--uniform", action="store_true", help="uniform task mixture instead of the default weights")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    tasks = make_tasks(args.families, difficulty=args.difficulty)
-    for steps in args.steps:
-        model, tok = build_policy(PolicyConfig(seed=args.seed))
-        stats = sft_warmup(model, tok, tasks, steps=steps, batch_size=args.batch_size, lr=args.lr,
-                           seed=args.seed, weights=[1.0] * len(tasks) if args.uniform else None,
-                           threads=args.threads)
-        t0 = time.perf_counter()
-        rates = {t.name: evaluate_pass_rate(model, tok, t, n=args.n, threads=args.threads) for t in tasks}
-        print(f"steps={steps} params={num_params(model)} train={stats['seconds']:.1f}s "
-              f"eval={time.perf_counter() - t0:.1f}s threads={args.threads} "
-              + " ".join(f"{k}={v:.2f}" for k, v in rates.items()), flush=True)
-
-
-if __name__ == "__main__":
-    _main()

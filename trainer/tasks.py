@@ -37,7 +37,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+from rollout_bandits.validation import check_choice, check_field_types, check_float, check_int
+
 SPLITS = ("train", "eval")
+MAX_DIFFICULTY = 8
 
 
 # --------------------------------------------------------------------- config
@@ -57,20 +60,13 @@ class TaskConfig:
     eval_fraction: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.name not in FAMILIES:
-            raise ValueError(f"TaskConfig.name: found {self.name!r}, expected one of {sorted(FAMILIES)}")
-        if not isinstance(self.difficulty, int) or isinstance(self.difficulty, bool) or not (
-            1 <= self.difficulty <= 8
-        ):
-            raise ValueError(f"TaskConfig.difficulty: found {self.difficulty!r}, expected an int in [1, 8]")
-        if not (0.0 <= float(self.noise) <= 0.5):
-            raise ValueError(
-                f"TaskConfig.noise: found {self.noise!r}, expected a flip probability in [0, 0.5]"
-            )
-        if not (0.0 < float(self.eval_fraction) < 1.0):
-            raise ValueError(f"TaskConfig.eval_fraction: found {self.eval_fraction!r}, expected in (0, 1)")
-        if not isinstance(self.seed, int):
-            raise ValueError(f"TaskConfig.seed: found {self.seed!r}, expected an int")
+        o = "TaskConfig"
+        check_field_types(self)
+        check_choice(o, "name", self.name, tuple(FAMILIES))
+        check_int(o, "difficulty", self.difficulty, 1, MAX_DIFFICULTY)
+        check_float(o, "noise", self.noise, 0.0, 0.5)
+        check_float(o, "eval_fraction", self.eval_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
+        check_int(o, "seed", self.seed, None)
 
 
 @dataclass(frozen=True)
