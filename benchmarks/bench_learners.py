@@ -6,10 +6,13 @@ a few rounds (replay full, statistics set); each timed call adds 2,048 new pairs
 on them as in the regret benchmark's obs2048 setting. A neural-linear round includes the
 head's refit, which happens in the first `score` after an `observe` (neural_linear.py).
 
-Run: `pytest benchmarks/bench_learners.py` (writes benchmarks/results/learners_<device>_t1.json).
+Run: `OMP_NUM_THREADS=1 pytest benchmarks/bench_learners.py` (writes
+benchmarks/results/learners_<device>_t1.json).
 """
 
 from __future__ import annotations
+
+import time
 
 import pytest
 import torch
@@ -58,6 +61,12 @@ def test_learner_time(benchmark, name, what):
 
     fn = observe if what == "observe" else one_round
     t = time_fn(fn, torch.device("cpu"), rounds=20, warmup=2)
+    # This process's CPU seconds per call: on a shared machine (load average in the JSON) the
+    # wall-clock figures above include the time other processes held the core.
+    c0 = time.process_time()
+    for _ in range(10):
+        fn()
+    t["cpu_ms_per_call"] = (time.process_time() - c0) * 100.0
     entry = {"suite": "learners", "impl": name, "what": what, "observe_pairs": N_OBSERVE,
              "scored_contexts": N_SCORE if what == "round" else 0, "feature_dim": DIM, "threads": 1,
              "config": repr(learner.config), **t}

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from regret_plot import run_benchmark, summaries, table
+from regret_plot import parse_rounds, run_benchmark, summaries, table
 
 from rollout_bandits.bandit.regret import DIM, FAMILIES, REPORT_INSTANCES, SETTINGS, ExplorerPolicy
 
@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--settings", default=",".join(SETTINGS))
+    ap.add_argument("--rounds", default="", help="shorter horizons, e.g. obs4=500 (default: SETTINGS')")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "regret_before.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -60,9 +61,10 @@ def main() -> None:
                 ee.EENet(ee.EENetConfig(feature_dim=DIM, seed=seed)), spec, stats_first=False),
         }
         families, settings = args.families.split(","), args.settings.split(",")
-        res, elapsed = run_benchmark(policies, families, settings, REPORT_INSTANCES[: args.seeds], "before")
+        res, elapsed = run_benchmark(policies, families, settings, REPORT_INSTANCES[: args.seeds], "before",
+                                     parse_rounds(args.rounds))
     summary = summaries(res)
-    out = {"benchmark": "regret, before issue 16", "commit": args.commit,
+    out = {"benchmark": "regret, before issue 16", "commit": args.commit, "rounds": args.rounds or "SETTINGS'",
            "command": " ".join([Path(sys.executable).name, *sys.argv]),
            "device": f"{platform.processor() or platform.machine()} CPU, 1 torch thread",
            "torch": torch.__version__, "elapsed_s": elapsed, "results": summary}

@@ -39,9 +39,16 @@ from rollout_bandits.bandit.scheduler import SchedulerConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_benchmark(policies: dict, families, settings, instances, label: str) -> tuple[dict, float]:
+def parse_rounds(text: str) -> dict:
+    """"obs4=500,obs2048=20" -> {"obs4": 500, "obs2048": 20}: a shorter run than SETTINGS' horizon."""
+    return {k: int(v) for k, v in (kv.split("=") for kv in text.split(",") if kv)}
+
+
+def run_benchmark(policies: dict, families, settings, instances, label: str, rounds=None) -> tuple[dict, float]:
     """run_cells under a rich progress bar (rounds x groups as the unit); (results, seconds)."""
-    total = sum(SETTINGS[s][0] * SETTINGS[s][1] for s in settings) * len(families) * len(instances) * len(policies)
+    rounds = rounds or {}
+    total = (sum(SETTINGS[s][0] * rounds.get(s, SETTINGS[s][1]) for s in settings)
+             * len(families) * len(instances) * len(policies))
     t0 = time.time()
     with Progress(TextColumn("{task.description:<44}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn()) as bar:
@@ -50,7 +57,7 @@ def run_benchmark(policies: dict, families, settings, instances, label: str) -> 
         def progress(advance, desc):
             bar.update(task, advance=advance, **({"description": desc} if desc else {}))
 
-        res = run_cells(families, settings, instances, policies, progress=progress)
+        res = run_cells(families, settings, instances, policies, progress=progress, rounds=rounds)
     return res, time.time() - t0
 
 
@@ -123,11 +130,20 @@ def main() -> None:
     ap.add_argument("--png", default=str(ROOT / "docs" / "regret.png"))
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "regret.json"))
     ap.add_argument("--before", default=str(ROOT / "benchmarks" / "results" / "regret_before.json"))
+    ap.add_argument("--rounds", default="", help="shorter horizons, e.g. obs4=500 (default: SETTINGS')")
     ap.add_argument("--replot", action="store_true", help="redraw the plot and table from --json (and --before)")
+    ap.add_argument("--merge", default="", help="with --replot: JSONs of other settings to add to --json first")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.replot:
         result = json.loads(Path(args.json).read_text())
+        for part in filter(None, args.merge.split(",")):
+            other = json.loads(Path(part).read_text())
+            result["results"].update(other["results"])
+            result["settings"].update(other["settings"])
+            result["command"] = [*([result["command"]] if isinstance(result["command"], str) else result["command"]),
+                                 other["command"]]
+            result["elapsed_s"] += other["elapsed_s"]
         summary = result["results"]
         _merge_before(summary, Path(args.before))
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -137,7 +153,8 @@ def main() -> None:
     families, settings = args.families.split(","), args.settings.split(",")
     instances = REPORT_INSTANCES[: args.seeds]
     policies = {n: (lambda spec, seed, n=n: make_policy(n, spec, seed=seed)) for n in args.policies.split(",")}
-    res, elapsed = run_benchmark(policies, families, settings, instances, "regret")
+    rounds = parse_rounds(args.rounds)
+    res, elapsed = run_benchmark(policies, families, settings, instances, "regret", rounds)
     summary = summaries(res)
     _merge_before(summary, Path(args.before))
     default = SchedulerConfig().explorer
@@ -145,7 +162,7 @@ def main() -> None:
         "benchmark": "regret",
         "environments": "REPORT_INSTANCES of bandit/regret.py (never used for tuning)",
         "instances": list(instances),
-        "settings": {s: {"groups": SETTINGS[s][0], "rounds": SETTINGS[s][1], "arms": 20, "pulls": 4,
+        "settings": {s: {"groups": SETTINGS[s][0], "rounds": rounds.get(s, SETTINGS[s][1]), "arms": 20, "pulls": 4,
                          "observations_per_observe": SETTINGS[s][0] * 4} for s in settings},
         "default_explorer": default,
         "configs": {n: repr(explorer_config(n)) for n in policies if n != "random"},
