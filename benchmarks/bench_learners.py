@@ -39,10 +39,10 @@ def _warm(name: str):
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """The budget is per CPU thread (the file's name takes the session's count: OMP_NUM_THREADS=1)."""
+    before, _ = torch.get_num_threads(), torch.set_num_threads(1)
     yield
-    torch.set_num_threads(n)
+    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("what", ["observe", "round"])
