@@ -139,7 +139,8 @@ def main() -> None:
         result = json.loads(Path(args.json).read_text())
         for part in filter(None, args.merge.split(",")):
             other = json.loads(Path(part).read_text())
-            result["results"].update(other["results"])
+            for s, by_family in other["results"].items():
+                result["results"].setdefault(s, {}).update(by_family)
             result["settings"].update(other["settings"])
             result["command"] = [*([result["command"]] if isinstance(result["command"], str) else result["command"]),
                                  other["command"]]
