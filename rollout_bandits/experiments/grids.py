@@ -77,7 +77,7 @@ ABLATIONS: dict[str, list[tuple[str, dict]]] = {
     "ratio": [("intra0.25", {"scheduler": {"intra_ratio": 0.25}}), ("intra0.75", {"scheduler": {"intra_ratio": 0.75}}),
               ("intra1.0", {"scheduler": {"intra_ratio": 1.0}}),
               ("reuse0", {"scheduler": {"reuse_ratio": 0.0}}), ("reuse1", {"scheduler": {"reuse_ratio": 1.0}})],
-    "gamma": [("0", {"scheduler": {"learner": {"gamma": 0.0}, "ee_net": {}}})],
+    "gamma": [("0", {"scheduler": {"learner": {"gamma": 0.0}, "neural_linear": {"gamma": 0.0}, "ee_net": {}}})],
     "explorer": [("ee_net", {"scheduler": {"explorer": "ee_net"}})],
     "reuse_weighting": [("clipped_is", {"loss": {"reuse_weighting": "clipped_is"}})],
     "window": [("1", {"scheduler": {"window_rounds": 1}}), ("2", {"scheduler": {"window_rounds": 2}}),
