@@ -17,7 +17,7 @@ from rollout_bandits.bandit.prompts import (
 
 
 def learner(gamma=1.0):
-    return PromptLearnerConfig(hidden=16, gamma=gamma, train_steps=4, train_batch=64)
+    return PromptLearnerConfig(hidden=16, gamma=gamma, train_batch=64)
 
 
 def groups(pass_prob: torch.Tensor, g: torch.Generator, size: int = 8) -> torch.Tensor:
