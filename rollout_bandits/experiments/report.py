@@ -390,13 +390,20 @@ def _diagnostics_section(results_dir: str) -> list[str]:
     return out + [""]
 
 
+def _explorer_gamma(s: dict) -> str:
+    """The default explorer's bonus scale (its config field: EXPLORERS in bandit/scheduler.py)."""
+    from rollout_bandits.bandit.scheduler import EXPLORERS
+    field = EXPLORERS.get(s.get("explorer", "neural_ucb"), ("learner",))[0]
+    return str(s.get(field, {}).get("gamma", "?"))
+
+
 def _default_value(axis: str, recs: list[dict]) -> str:
     if not recs:
         return "?"
     c = recs[0]["config"]
     s = c["scheduler"]
     return {"gain": s["gain"], "window": str(s["window_rounds"]),
-            "ratio": f"intra {s['intra_ratio']}, reuse {s['reuse_ratio']}", "gamma": str(s["learner"]["gamma"]),
+            "ratio": f"intra {s['intra_ratio']}, reuse {s['reuse_ratio']}", "gamma": _explorer_gamma(s),
             "explorer": s["explorer"], "reuse_weighting": c["loss"]["reuse_weighting"],
             "intra_rule": s.get("intra_rule", "topk"),
             "paper": f"gain {s['gain']}, {s['candidates']}, {c['loss']['reuse_weighting']}"}.get(axis, "")
