@@ -1,5 +1,7 @@
-"""What the online learners share: context/gain checks, running moments, a bounded replay, the
-config fields and the state code of `OnlineLearner` (the base of NeuralUCB and EE-Net)."""
+"""What the explorers share: context/gain checks, running moments, a bounded replay, the config
+fields, `Explorer` (standardization, the observe protocol, the state code; the base of LinUCB)
+and `OnlineLearner` (its MLP, trained in proportion to the data; the base of NeuralUCB,
+neural-linear and EE-Net)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import torch.nn.functional as F
 
 from rollout_bandits.kernels.rollout_features import NUM_FEATURES
 from rollout_bandits.validation import (  # noqa: F401  (re-exported for the learners)
+    check_bool,
     check_choice,
     check_field_types,
     check_float,
@@ -110,7 +113,16 @@ class Replay:
         self.size = min(self.size + n, self.capacity)
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randint(self.size, (min(n, self.size),), generator=generator)
+        """min(n, size) slots drawn uniformly with replacement (none when n <= 0)."""
+        return torch.randint(self.size, (min(max(n, 0), self.size),), generator=generator)
+
+    def oldest(self, n: int) -> torch.Tensor:
+        """The slots of the n least recently added pairs (n <= size): what an add overwrites."""
+        return (self.pos - self.size + torch.arange(n)) % self.capacity
+
+    def newest(self, n: int) -> torch.Tensor:
+        """The slots of the n most recently added pairs (n <= size)."""
+        return (self.pos - n + torch.arange(n)) % self.capacity
 
     def state_dict(self) -> dict:
         return {"x": self.x[: self.size].clone(), "y": self.y[: self.size].clone(),
@@ -132,38 +144,56 @@ class Replay:
 
 
 @dataclass
-class LearnerConfig:
-    """The fields every online learner has; NeuralUCBConfig and EENetConfig add their own.
-
-    The MLP (feature_dim -> hidden -> hidden -> 1, `activation`) regresses standardized gains on
-    standardized contexts (`feature_std_floor` bounds the context scale from below); each
-    `observe` runs `train_steps` Adam steps (lr, weight_decay) on `train_batch` pairs drawn
-    from the `replay_capacity` most recent ones; `seed` seeds its initialization and sampling.
-    """
+class ExplorerConfig:
+    """The fields every explorer has: the context width and the floor of the context scale
+    (contexts are standardized by running moments, each column's std at least `feature_std_floor`)."""
 
     feature_dim: int = NUM_FEATURES
-    hidden: int = 64
-    activation: str = "relu"
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    train_steps: int = 8
-    train_batch: int = 128
-    replay_capacity: int = 4096
     feature_std_floor: float = 1e-3
-    seed: int = 0
 
     def __post_init__(self) -> None:
         check_field_types(self)
         o = type(self).__name__
         check_int(o, "feature_dim", self.feature_dim, 1)
+        check_float(o, "feature_std_floor", self.feature_std_floor, 0.0, lo_open=True)
+
+
+@dataclass
+class LearnerConfig(ExplorerConfig):
+    """The fields of the MLP learners (NeuralUCB, neural-linear, EE-Net).
+
+    The MLP (feature_dim -> hidden -> hidden -> 1, `activation`) regresses standardized gains on
+    standardized contexts. Training is proportional to the data: an `observe` of n pairs runs
+    Adam steps (lr, L2 `weight_decay`) until each new pair was used `train_passes` times; a step
+    holds c new pairs and round(replay_ratio * c) pairs drawn from the `replay_capacity` most
+    recent ones, at most `train_batch` rows. Every pair is thus used about
+    train_passes * (1 + replay_ratio) times whether it came in an observe of 4 or of 2,048
+    pairs. `seed` seeds initialization and sampling.
+    The defaults were chosen on the regret benchmark's tuning environments (benchmarks/
+    regret_tune.py); train_batch bounds the number of steps an observe of 2,048 pairs takes.
+    """
+
+    hidden: int = 32
+    activation: str = "relu"
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    train_passes: float = 2.0
+    train_batch: int = 512
+    replay_ratio: float = 1.0
+    replay_capacity: int = 4096
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        o = type(self).__name__
         check_int(o, "hidden", self.hidden, 1)
         check_choice(o, "activation", self.activation, tuple(ACTIVATIONS))
         check_float(o, "lr", self.lr, 0.0, lo_open=True)
         check_float(o, "weight_decay", self.weight_decay, 0.0)
-        check_int(o, "train_steps", self.train_steps, 0)
+        check_float(o, "train_passes", self.train_passes, 0.0, 64.0)
         check_int(o, "train_batch", self.train_batch, 1)
+        check_float(o, "replay_ratio", self.replay_ratio, 0.0, 64.0)
         check_int(o, "replay_capacity", self.replay_capacity, 1)
-        check_float(o, "feature_std_floor", self.feature_std_floor, 0.0, lo_open=True)
         check_int(o, "seed", self.seed, 0)
 
 
@@ -184,6 +214,7 @@ class MLP(torch.nn.Module):
         self.b2 = uniform(h, fan_in=h)
         self.w3 = uniform(h, fan_in=h)
         self.b3 = torch.nn.Parameter(torch.zeros(()))
+        self.activation = activation
         self.act = ACTIVATIONS[activation]
 
     def hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -195,11 +226,24 @@ class MLP(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.hidden(x)[3] @ self.w3 + self.b3
 
+    def mse_gradients(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """d mean((f(x) - y)^2) / d (w1, b1, w2, b2, w3, b3), written out: a training step's
+        cost is a handful of matmuls, without autograd's per-step overhead (which dominated)."""
+        with torch.no_grad():
+            z1, h1, z2, phi = self.hidden(x)
+            e = (phi @ self.w3 + self.b3 - y) * (2.0 / x.shape[0])  # dL/df [B]
+            d2 = torch.outer(e, self.w3) * act_grad(z2, self.activation)  # dL/dz2 [B, H]
+            d1 = (d2 @ self.w2.T) * act_grad(z1, self.activation)  # dL/dz1 [B, H]
+            return x.T @ d1, d1.sum(0), h1.T @ d2, d2.sum(0), phi.T @ e, e.sum()
 
-def _adam_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+
+def act_grad(z: torch.Tensor, activation: str) -> torch.Tensor:
+    """The activation's derivative at its input z."""
+    if activation == "relu":
+        return (z > 0).to(z.dtype)
+    cdf = 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0)))
+    pdf = torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+    return cdf + z * pdf
 
 
 def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
@@ -210,31 +254,25 @@ def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
             "param_groups": [dict(g, params=list(g["params"])) for g in sd["param_groups"]]}
 
 
-class OnlineLearner:
-    """An MLP gain regressor trained online on a bounded replay, plus an exploration term.
+class Explorer:
+    """What every explorer shares: checks, running standardization of contexts and gains, the
+    observe protocol and the state code.
 
     The scorer interface the Scheduler uses: `score`, `export_weights` (None: score with
-    `score`), `observe`, `update_feature_stats`, `state_dict` / `load_state_dict`. Subclasses
-    give `name`, `_score`, `_prepare` (everything an observation needs that can fail, before
-    any state changes) and `_learn`, and list extra modules / optimizers / tensors for the
-    state in `_modules` / `_optimizers` / `_tensors`.
+    `score`), `observe`, `update_feature_stats`, `standardize`, `state_dict` /
+    `load_state_dict`. Subclasses give `name`, `_score`, `_prepare` (everything an observation
+    needs that can fail, before any state changes) and `_learn`, and list their extra state in
+    `_modules` / `_optimizers` / `_tensors`.
     """
 
     name = ""
 
-    def __init__(self, config: LearnerConfig):
-        self.config = cfg = config
-        self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.mlp = MLP(cfg.feature_dim, cfg.hidden, cfg.activation, self.generator)
-        self.optimizer = torch.optim.Adam(self.mlp.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.feature_stats = RunningMoments(cfg.feature_dim)
+    def __init__(self, config: ExplorerConfig):
+        self.config = config
+        self.feature_stats = RunningMoments(config.feature_dim)
         self.label_stats = RunningMoments(1)
-        self.replay = Replay(cfg.replay_capacity, cfg.feature_dim, extra=self._replay_extra())
         self.num_observed = 0
         self._version = 0  # bumped whenever the scores could change
-
-    def _replay_extra(self) -> dict[str, int]:
-        return {}
 
     @property
     def owner(self) -> str:
@@ -251,12 +289,16 @@ class OnlineLearner:
             return (float(s.mean[0]) if s.count else 0.0), 1.0
         return float(s.mean[0]), math.sqrt(float(s.m2[0]) / s.count)
 
+    def _feature_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.feature_stats.mean, self.feature_stats.std(self.config.feature_std_floor)
+
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
-        sd = self.feature_stats.std(self.config.feature_std_floor)
-        return ((x.detach().to("cpu", torch.float64) - self.feature_stats.mean) / sd).to(torch.float32)
+        mu, sd = self._feature_scale()
+        return ((x.detach().to("cpu", torch.float64) - mu) / sd).to(torch.float32)
 
     def update_feature_stats(self, x: torch.Tensor) -> None:
-        """Contexts seen at selection time (all candidates, not only pulled arms) set the scale."""
+        """Contexts seen at selection time (all candidates, not only pulled arms) set the scale;
+        the Scheduler calls this before it scores them, so no score reads raw contexts."""
         check_contexts(self.owner, x, self.feature_dim)
         self.feature_stats.update(x)
         self._version += 1
@@ -283,13 +325,22 @@ class OnlineLearner:
 
     def observe(self, x: torch.Tensor, gains) -> None:
         """Learn from pulled arms' (context, gain) pairs. Everything that can fail is checked
-        before any state changes, so a ValueError leaves the learner as it was."""
+        before any state changes, so a ValueError leaves the learner as it was. A learner that
+        observes before any `update_feature_stats` takes its context scale from these contexts."""
         x, gains = self.validate_observation(x, gains)
         if x.shape[0] == 0:
             return
         x = x.detach().to("cpu", torch.float32)
         gains = gains.detach().to("cpu", torch.float32)
-        prepared = self._prepare(x)
+        seeded = self.feature_stats.count == 0
+        if seeded:
+            self.feature_stats.update(x)
+        try:
+            prepared = self._prepare(x)
+        except ValueError:
+            if seeded:
+                self.feature_stats = RunningMoments(self.feature_dim)
+            raise
         self.label_stats.update(gains[:, None])
         self._learn(x, gains, prepared)
         self.num_observed += x.shape[0]
@@ -307,30 +358,22 @@ class OnlineLearner:
             fail(self.owner, "contexts", f"row {row}, whose {what} overflows after standardization",
                  "contexts within the range of those seen so far by a factor float32 can hold")
 
-    def _train(self) -> None:
-        """`train_steps` Adam steps on minibatches of the replay (then `_train_extra` on the same rows)."""
-        cfg = self.config
-        ly, sy = self._label_scale()
-        for _ in range(cfg.train_steps):
-            idx = self.replay.sample(cfg.train_batch, self.generator)
-            xs = self.standardize(self.replay.x[idx])
-            ys = (self.replay.y[idx] - ly) / sy
-            _adam_step(self.optimizer, F.mse_loss(self.mlp(xs), ys))
-            self._train_extra(idx)
-
-    def _train_extra(self, idx: torch.Tensor) -> None:
-        pass
-
     # -------------------------------------------------------------- checkpoints
     def _modules(self) -> dict[str, torch.nn.Module]:
-        return {"mlp": self.mlp}
+        return {}
 
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"optimizer": self.optimizer}
+        return {}
 
     def _tensors(self) -> tuple[str, ...]:
         """Names of extra float64 tensor attributes that are part of the state."""
         return ()
+
+    def _extra_state(self) -> dict:
+        return {}
+
+    def _load_extra_state(self, state: dict) -> None:
+        pass
 
     def state_dict(self) -> dict:
         """Plain tensors, numbers and dicts (loads with torch.load(weights_only=True)), all copies."""
@@ -339,9 +382,8 @@ class OnlineLearner:
             "config": asdict(self.config),
             "feature_stats": self.feature_stats.state_dict(),
             "label_stats": self.label_stats.state_dict(),
-            "replay": self.replay.state_dict(),
-            "generator": self.generator.get_state(),
             "num_observed": self.num_observed,
+            **self._extra_state(),
         }
         for k, m in self._modules().items():
             out[k] = {n: v.detach().clone() for n, v in m.state_dict().items()}
@@ -365,7 +407,72 @@ class OnlineLearner:
             setattr(self, k, state[k].to(torch.float64).clone())
         self.feature_stats.load_state_dict(state["feature_stats"])
         self.label_stats.load_state_dict(state["label_stats"])
+        self.num_observed = int(state["num_observed"])
+        self._load_extra_state(state)
+        self._version += 1
+
+
+class OnlineLearner(Explorer):
+    """An MLP gain regressor trained online on a bounded replay, plus an exploration term
+    (NeuralUCB, neural-linear and EE-Net). Subclasses may add per-row replay columns
+    (`_replay_extra`) and a step on the same rows after each MLP step (`_train_extra`)."""
+
+    def __init__(self, config: LearnerConfig):
+        super().__init__(config)
+        cfg = config
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.mlp = MLP(cfg.feature_dim, cfg.hidden, cfg.activation, self.generator)
+        self.optimizer = torch.optim.Adam(self.mlp.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                          fused=True)
+        self.replay = Replay(cfg.replay_capacity, cfg.feature_dim, extra=self._replay_extra())
+
+    def _replay_extra(self) -> dict[str, int]:
+        return {}
+
+    def _train(self, n_new: int) -> None:
+        """Adam steps until each of the `n_new` newest replay pairs was used `train_passes` times
+        (in a shuffled order), each step on c of them plus round(replay_ratio * c) replay pairs
+        (c + those <= train_batch): the updates grow with the data, not with the number of
+        `observe` calls. Then `_train_extra` on the same rows."""
+        cfg = self.config
+        n_new = min(n_new, self.replay.size)
+        total = math.ceil(cfg.train_passes * n_new - 1e-9)
+        if total <= 0:
+            return
+        per_step = max(1, min(n_new, int(cfg.train_batch / (1.0 + cfg.replay_ratio))))
+        newest = self.replay.newest(n_new)
+        order = torch.cat([torch.randperm(n_new, generator=self.generator)
+                           for _ in range(math.ceil(total / n_new))])[:total]
+        ly, sy = self._label_scale()
+        params = list(self.mlp.parameters())
+        for start in range(0, total, per_step):
+            fresh = newest[order[start:start + per_step]]
+            replayed = self.replay.sample(round(cfg.replay_ratio * fresh.numel()), self.generator)
+            idx = self._trainable(torch.cat([fresh, replayed]))
+            if idx.numel() == 0:
+                continue
+            xs, ys = self.standardize(self.replay.x[idx]), (self.replay.y[idx] - ly) / sy
+            for p, g in zip(params, self.mlp.mse_gradients(xs, ys), strict=True):
+                p.grad = g
+            self.optimizer.step()
+            self._train_extra(idx)
+
+    def _trainable(self, idx: torch.Tensor) -> torch.Tensor:
+        """The replay slots of idx the MLP may train on (all; neural-linear holds some out)."""
+        return idx
+
+    def _train_extra(self, idx: torch.Tensor) -> None:
+        pass
+
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        return {"mlp": self.mlp}
+
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"optimizer": self.optimizer}
+
+    def _extra_state(self) -> dict:
+        return {"replay": self.replay.state_dict(), "generator": self.generator.get_state()}
+
+    def _load_extra_state(self, state: dict) -> None:
         self.replay.load_state_dict(state["replay"])
         self.generator.set_state(state["generator"])
-        self.num_observed = int(state["num_observed"])
-        self._version += 1

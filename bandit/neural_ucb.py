@@ -14,9 +14,15 @@ Design choices, and why:
 - Z itself is kept in float64 and re-inverted by Cholesky after each observed
   batch: exact batched Woodbury in O(n H^2 + H^3) (H = 64: microseconds), and
   free of the drift that chained Sherman-Morrison updates accumulate.
-- Training: `train_steps` Adam steps per `observe`, each on a minibatch drawn
-  from a bounded replay of the most recent pairs (memory stays flat; old pairs
-  from a policy long gone stop steering the fit).
+- Training in proportion to the data (`LearnerConfig`): each observed pair is
+  used `train_passes` times, in minibatches filled up from a bounded replay of the
+  most recent pairs (memory stays flat; old pairs from a policy long gone stop
+  steering the fit). A fixed number of steps per `observe` replays pairs hundreds
+  of times when calls are small (the MLP memorises label noise) and under-trains
+  when they are large.
+- Z accumulates phi under the MLP of the time each pair was observed, so the bonus
+  is approximate once the MLP moves; `NeuralLinear` (neural_linear.py) recomputes
+  it exactly.
 """
 
 from __future__ import annotations
@@ -38,11 +44,11 @@ from rollout_bandits.kernels.ucb_score import ScorerWeights, ucb_score
 
 @dataclass
 class NeuralUCBConfig(LearnerConfig):
-    """`gamma`: the bonus weight, in units of the gain's running std (chosen on the synthetic
-    regret benchmark, benchmarks/regret_plot.py); `ridge`: Z's prior; `bonus`: "full" (dense
-    Z^-1) or "diag" (its diagonal approximation)."""
+    """`gamma`: the bonus weight, in units of the gain's running std (chosen on the regret
+    benchmark's tuning environments, benchmarks/regret_tune.py); `ridge`: Z's prior; `bonus`:
+    "full" (dense Z^-1) or "diag" (its diagonal approximation)."""
 
-    gamma: float = 0.5
+    gamma: float = 0.1
     ridge: float = 1.0
     bonus: str = "full"
 
@@ -68,9 +74,6 @@ class NeuralUCB(OnlineLearner):
 
     def _tensors(self) -> tuple[str, ...]:
         return ("z", "zinv")
-
-    def _feature_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.feature_stats.mean, self.feature_stats.std(self.config.feature_std_floor)
 
     # ------------------------------------------------------------------ scoring
     def export_weights(self, device: torch.device | str = "cpu") -> ScorerWeights:
@@ -123,7 +126,7 @@ class NeuralUCB(OnlineLearner):
     def _learn(self, x: torch.Tensor, gains: torch.Tensor, prepared) -> None:
         self.replay.add(x, gains)
         self.z, self.zinv = prepared
-        self._train()
+        self._train(x.shape[0])
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)

@@ -37,6 +37,8 @@ from rollout_bandits.bandit.gains import (
     batch_value_entropy,
     compute_gains,
 )
+from rollout_bandits.bandit.linucb import LinUCB, LinUCBConfig
+from rollout_bandits.bandit.neural_linear import NeuralLinear, NeuralLinearConfig
 from rollout_bandits.bandit.neural_ucb import NeuralUCB, NeuralUCBConfig
 from rollout_bandits.bandit.select_inputs import advantages, prompt_ids_per_rollout, prompt_tokens_per_rollout
 from rollout_bandits.bandit.step import ScheduleStep
@@ -63,7 +65,9 @@ from rollout_bandits.validation import (
 )
 
 POLICIES = ("cbs", "keep_all", "random_k", "pods", "dapo_filter", "reuse_fifo")
-EXPLORERS = ("neural_ucb", "ee_net")
+# explorer -> (its SchedulerConfig field, its class)
+EXPLORERS = {"neural_linear": ("neural_linear", NeuralLinear), "neural_ucb": ("learner", NeuralUCB),
+             "ee_net": ("ee_net", EENet), "linucb": ("linucb", LinUCB)}
 INTRA_RULES = ("topk", "max_variance")
 _SEL = "Scheduler.select"
 
@@ -76,7 +80,10 @@ class SchedulerConfig:
     policy: "cbs" (the contextual-bandit scheduler) or a baseline behind the same interface:
       keep_all (plain GRPO), random_k, pods (max-variance down-sampling), dapo_filter (drop
       zero-variance groups), reuse_fifo (keep all fresh, replay the oldest; no learning).
-    explorer: cbs's learner, "neural_ucb" (configured by `learner`) or "ee_net" (`ee_net`).
+    explorer: cbs's learner: "neural_linear" (a ridge/UCB head on the MLP's last-layer features,
+      configured by `neural_linear`), "neural_ucb" (`learner`), "ee_net" (`ee_net`) or "linucb"
+      (`linucb`); the default is the one the regret benchmark's tuning environments chose
+      (docs/bandit.md, "Explorers").
     intra_k / intra_ratio: keep k rollouts of each group, or its top `intra_ratio` (p).
     intra_rule: "topk" (the score ranks the whole group) or "max_variance" (PODS's reward
       composition; the score picks within each reward value).
@@ -97,7 +104,7 @@ class SchedulerConfig:
     """
 
     policy: str = "cbs"
-    explorer: str = "neural_ucb"
+    explorer: str = "neural_linear"
     intra_k: int | None = None
     intra_ratio: float = 0.5
     intra_rule: str = "topk"
@@ -116,13 +123,15 @@ class SchedulerConfig:
     backend: str = "auto"
     learner: NeuralUCBConfig = field(default_factory=NeuralUCBConfig)
     ee_net: EENetConfig = field(default_factory=EENetConfig)
+    neural_linear: NeuralLinearConfig = field(default_factory=NeuralLinearConfig)
+    linucb: LinUCBConfig = field(default_factory=LinUCBConfig)
     buffer: BufferConfig = field(default_factory=BufferConfig)
 
     def __post_init__(self) -> None:
         check_field_types(self)
         o = "SchedulerConfig"
         check_choice(o, "policy", self.policy, POLICIES)
-        check_choice(o, "explorer", self.explorer, EXPLORERS)
+        check_choice(o, "explorer", self.explorer, tuple(EXPLORERS))
         check_int(o, "intra_k", self.intra_k, 1, allow_none=True)
         check_float(o, "intra_ratio", self.intra_ratio, 0.0, 1.0, lo_open=True)
         check_choice(o, "intra_rule", self.intra_rule, INTRA_RULES)
@@ -144,8 +153,13 @@ class SchedulerConfig:
                  f"{self.feature_dim}, the {self.explorer} learner's feature_dim")
 
     @property
+    def explorer_config(self):
+        """The config of the chosen explorer."""
+        return getattr(self, EXPLORERS[self.explorer][0])
+
+    @property
     def feature_dim(self) -> int:
-        return (self.learner if self.explorer == "neural_ucb" else self.ee_net).feature_dim
+        return self.explorer_config.feature_dim
 
     def effective_buffer(self) -> BufferConfig:
         """The window mode is exactly the last L rounds: FIFO, no age/use/score eviction."""
@@ -201,7 +215,7 @@ class Scheduler:
         self.seed = check_int("Scheduler", "seed", seed, 0)
         self.learner = None
         if cfg.policy == "cbs":
-            self.learner = NeuralUCB(cfg.learner) if cfg.explorer == "neural_ucb" else EENet(cfg.ee_net)
+            self.learner = EXPLORERS[cfg.explorer][1](cfg.explorer_config)
         self.buffer = RolloutBuffer(cfg.effective_buffer()) if cfg.reuses else None
         self.feature_config = FeatureConfig(low_quantile=cfg.feature_low_quantile)
         self.generator = torch.Generator().manual_seed(self.seed)
@@ -284,19 +298,25 @@ class Scheduler:
         inp = self._check_select(batch, prompt_ids, contexts, advantage, prompt_tokens)
         batch = inp.batch
         t = self.round
-        # The learner may train (batch gain) before it scores: undo that if scoring fails.
+        # The learner may train (batch gain) and takes this batch's context scale before it
+        # scores (no score reads unstandardized contexts): undo both if scoring fails.
         trains = inp.observe_rows is not None and inp.observe_rows.numel() > 0
         learner_state = self.learner.state_dict() if trains else None
+        stats_state = self.learner.feature_stats.state_dict() if self.learner is not None else None
         generator_state = self.generator.get_state()
         try:
             if trains:
                 self.learner.observe(self.pending["contexts"][inp.observe_rows],
                                      torch.full((inp.observe_rows.numel(),), inp.batch_gain))
+            if self.learner is not None:
+                self.learner.update_feature_stats(inp.contexts)
             fresh = self._select_fresh(batch, inp.contexts)
             reuse = self._plan_reuse(t, batch.device, fresh.indices.numel())
         except Exception:
             if learner_state is not None:
                 self.learner.load_state_dict(learner_state)
+            elif stats_state is not None:
+                self.learner.feature_stats.load_state_dict(stats_state)
             self.generator.set_state(generator_state)
             raise
 
@@ -316,9 +336,6 @@ class Scheduler:
                                prompt_ids=inp.prompt_ids, advantage=inp.advantage, scores=fresh.scores,
                                used=fresh.mask, round_index=t, advantage_centered=inp.advantage_centered,
                                prompt_tokens=inp.prompt_tokens)
-        if self.learner is not None:
-            self.learner.update_feature_stats(fresh.contexts)
-
         idx = fresh.indices.cpu()
         pulled = fresh_ids[idx]
         p_ctx = fresh.contexts.detach().cpu().float()[idx]

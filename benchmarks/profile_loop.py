@@ -4,7 +4,7 @@
 
 Runs `rollout_bandits.trainer.loop.train` (the tiny embedded policy, the CBS scheduler in the loop)
 for a few steps and reads the per-stage seconds it records (generate, verify, schedule, update,
-probe, observe); the scheduling share is (schedule + observe) / step time. The trainer runs its
+probe, observe); the scheduling share is (prompts + schedule + observe) / step time. The trainer runs its
 policy on the CPU, so the scheduler there takes its CPU path. Where CUDA is present the script
 also times `schedule` on the GPU (Triton, eager, and a CUDA-graph replay) on a batch of the run's
 shape (its rollouts per step, mean length and learner width), so that the measured step stages
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(report, indent=2) + "\n")
     st = loop["stage_seconds_per_step"]
     print(f"{loop['timed_steps']} steps of {args.prompts} x {args.group} rollouts: {loop['step_seconds'] * 1e3:.1f} ms"
-          f"/step, scheduling (schedule + observe) {100 * loop['scheduling_share']:.2f}% "
+          f"/step, scheduling ({' + '.join(SCHEDULING_STAGES)}) {100 * loop['scheduling_share']:.2f}% "
           f"[" + ", ".join(f"{s} {v * 1e3:.1f} ms" for s, v in st.items()) + f"] -> {out}")
     if cuda:
         c = report["cuda_schedule"]

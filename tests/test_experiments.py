@@ -15,9 +15,11 @@ TINY = {"steps": 2, "prompts_per_step": 3, "group_size": 4, "eval_every": 1, "ev
 def test_micro_grid_runs_shares_the_warmup_and_records_a_failure(tmp_path):
     specs = [ex.spec("main", "grpo", "keep_all", 0), ex.spec("main", "grpo", "cbs", 0, scheduler={"window_rounds": 2}),
              ex.spec("main", "grpo", "cbs", 0, extra_labels={"bad": "1"}, scheduler={"intra_ratio": 7.0})]
+    logged = []
     kw = dict(results_dir=str(tmp_path / "res"), cache_dir=str(tmp_path / "cache"), runs_dir=str(tmp_path / "runs"),
-              jobs=1, progress=False, log=lambda *_: None)
+              jobs=1, progress=False, log=logged.append)
     lines = ex.sweep("micro", specs=specs, base=TINY, **kw)
+    assert sum(x.startswith(("[1/3,", "[2/3,", "[3/3,")) for x in logged) == 3  # progress without a terminal
     assert sorted(ln["status"] for ln in lines) == ["error", "ok", "ok"]  # the bad run did not stop the sweep
     assert len(os.listdir(tmp_path / "cache")) == 1  # one warm-up for the seed
     recs = {r["name"]: r for r in ex.load_results(str(tmp_path / "res"))}
@@ -32,6 +34,7 @@ def test_micro_grid_runs_shares_the_warmup_and_records_a_failure(tmp_path):
     assert "intra_ratio" in bad["error"]
     # Existing results are skipped.
     assert ex.sweep("micro", specs=specs[:2], base=TINY, **kw) == []
+    assert "2 runs, 2 already done, 0 to run" in logged[-1]
 
 
 def _fake(name, group, opt, policy, seed, finals, labels=None):

@@ -122,13 +122,13 @@ def test_rollout_batch_is_valid_or_a_clear_value_error(kw):
 
 
 CONFIGS = {
-    "cbs_batch": SchedulerConfig(gain="batch", reuse_m=3, learner=NeuralUCBConfig(hidden=8, train_steps=1)),
+    "cbs_batch": SchedulerConfig(gain="batch", reuse_m=3, learner=NeuralUCBConfig(hidden=8, train_passes=1.0)),
     "cbs_heldout_store": SchedulerConfig(candidates="store", reuse_ratio=1.0, learner=NeuralUCBConfig(
-        hidden=8, train_steps=1, bonus="diag"), buffer=BufferConfig(capacity=24, max_bytes=4096)),
+        hidden=8, train_passes=1.0, bonus="diag"), buffer=BufferConfig(capacity=24, max_bytes=4096)),
     "ee_net_self": SchedulerConfig(explorer="ee_net", gain="self", reuse_m=2,
-                                   ee_net=EENetConfig(hidden=8, train_steps=1, grad_width=8, explore_hidden=8)),
+                                   ee_net=EENetConfig(hidden=8, train_passes=1.0, grad_width=8, explore_hidden=8)),
     "cbs_maxvar_auto": SchedulerConfig(intra_rule="max_variance", gain="auto", intra_k=2,
-                                       learner=NeuralUCBConfig(hidden=8, train_steps=1)),
+                                       learner=NeuralUCBConfig(hidden=8, train_passes=1.0)),
     "pods": SchedulerConfig(policy="pods"),
     "dapo": SchedulerConfig(policy="dapo_filter"),
     "random_k": SchedulerConfig(policy="random_k", intra_ratio=0.3),

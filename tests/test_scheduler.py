@@ -5,7 +5,14 @@ import pytest
 import torch
 from _bandit_helpers import roundtrip, single_thread, states_equal  # noqa: F401  (single_thread: autouse)
 
-from rollout_bandits.bandit import BufferConfig, NeuralUCBConfig, Scheduler, SchedulerConfig
+from rollout_bandits.bandit import (
+    EXPLORERS,
+    BufferConfig,
+    NeuralLinearConfig,
+    NeuralUCBConfig,
+    Scheduler,
+    SchedulerConfig,
+)
 from rollout_bandits.kernels.rollout_features import rollout_features
 from rollout_bandits.synthetic import synthetic_batch
 
@@ -87,10 +94,12 @@ def test_store_candidates_respect_buffer_limits():
         assert len(st["buffer_age_histogram"]) == 3
 
 
-@pytest.mark.parametrize("gain,explorer", [("batch", "neural_ucb"), ("auto", "neural_ucb"), ("self", "ee_net")])
+@pytest.mark.parametrize("gain,explorer", [("batch", "neural_ucb"), ("auto", "neural_ucb"), ("self", "ee_net"),
+                                          ("heldout", "neural_linear"), ("batch", "neural_linear"),
+                                          ("self", "linucb")])
 def test_resume_makes_exactly_the_same_decisions(gain, explorer):
     cfg = SchedulerConfig(gain=gain, explorer=explorer, reuse_m=6, candidates="store",
-                          learner=NeuralUCBConfig(hidden=16, train_steps=2))
+                          learner=NeuralUCBConfig(hidden=16), neural_linear=NeuralLinearConfig(hidden=16))
     straight = _run(Scheduler(cfg), 6)
     first = Scheduler(cfg)
     _run(first, 3)
@@ -137,9 +146,38 @@ def test_bad_input_value_errors_leave_state_unchanged():
         s.observe(arms.arm_ids, arms.gains)
 
 
+@pytest.mark.parametrize("explorer", list(EXPLORERS))
+def test_round_zero_scores_standardized_contexts(explorer):
+    """Issue 16: the scheduler takes the batch's context statistics before it scores, so the
+    first round's scores are those of a learner that has seen the batch's scale (they were
+    those of raw contexts, with a first-round bonus in the hundreds)."""
+    s = Scheduler(SchedulerConfig(explorer=explorer, gain="self", reuse_m=0))
+    b = _batch(0)
+    ctx = rollout_features(b) * 100.0 + 50.0  # contexts on a scale far from 1, as many are
+    step = s.select(b, contexts=ctx)
+    fresh = Scheduler(SchedulerConfig(explorer=explorer, gain="self", reuse_m=0)).learner
+    raw_bonus = fresh.score(ctx)[2]  # what round 0 used to score
+    fresh.update_feature_stats(ctx)
+    for got, want in zip((step.fresh.scores, step.fresh.mean, step.fresh.bonus), fresh.score(ctx), strict=True):
+        assert torch.equal(got, want)
+    if explorer != "ee_net":  # EE-Net's bonus reads a unit-RMS gradient: bounded either way
+        assert float(step.fresh.bonus.abs().max()) < 0.1 * float(raw_bonus.abs().max())
+
+
+def test_a_failed_select_restores_the_context_statistics():
+    s = Scheduler(SchedulerConfig(explorer="linucb", gain="self", reuse_m=0))
+    _run(s, 2)
+    before = roundtrip(s.state_dict())
+    wild = _batch(5)
+    wild.token_logprobs[3] = -1e30  # the features are finite, the learner cannot score them
+    with pytest.raises(ValueError):
+        s.select(wild)
+    assert states_equal(before, s.state_dict()) == []
+
+
 def test_custom_contexts_and_feature_width():
-    cfg = SchedulerConfig(learner=NeuralUCBConfig(feature_dim=4), buffer=BufferConfig(feature_dim=4),
-                          gain="batch", reuse_m=3)
+    cfg = SchedulerConfig(explorer="neural_ucb", learner=NeuralUCBConfig(feature_dim=4),
+                          buffer=BufferConfig(feature_dim=4), gain="batch", reuse_m=3)
     s = Scheduler(cfg)
     with pytest.raises(ValueError, match="feature width"):
         s.select(_batch(0))
@@ -148,7 +186,7 @@ def test_custom_contexts_and_feature_width():
         step = s.select(b, contexts=rollout_features(b)[:, :4])
         assert step.fresh.contexts.shape == (48, 4)
     with pytest.raises(ValueError, match="SchedulerConfig.buffer.feature_dim"):
-        SchedulerConfig(learner=NeuralUCBConfig(feature_dim=4))
+        SchedulerConfig(explorer="neural_ucb", learner=NeuralUCBConfig(feature_dim=4))
 
 
 def test_config_validation_names_the_field():
@@ -187,7 +225,7 @@ def _same_decisions(a, b):
 @pytest.mark.parametrize("gain", ["batch", "heldout"])
 def test_a_rejected_select_changes_nothing(gain):
     """Issue 14 item 6: next_arm_id, buffer ages, reuse counts and (batch gain) the learner stay put."""
-    cfg = SchedulerConfig(gain=gain, reuse_m=5, candidates="store", learner=NeuralUCBConfig(hidden=16, train_steps=2))
+    cfg = SchedulerConfig(gain=gain, reuse_m=5, candidates="store", learner=NeuralUCBConfig(hidden=16, train_passes=1.0))
     clean, dirty = Scheduler(cfg), Scheduler(cfg)
     _run(clean, 2)
     _run(dirty, 2)

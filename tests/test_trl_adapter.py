@@ -23,7 +23,8 @@ from datasets import Dataset  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from rollout_bandits import SchedulerConfig  # noqa: E402
-from rollout_bandits.integrations.trl import CBSGRPOTrainer, char_tokenizer_fast  # noqa: E402
+from rollout_bandits.bandit.prompts import PromptSchedulerConfig, prompt_key  # noqa: E402
+from rollout_bandits.integrations.trl import PROMPTS_FILE, CBSGRPOTrainer, char_tokenizer_fast  # noqa: E402
 from rollout_bandits.trainer.policy import PolicyConfig, build_policy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,15 +49,16 @@ def dataset():
     return Dataset.from_dict({"prompt": [f"{a}+{b}=" for a, b in pairs]})
 
 
-def make_trainer(out_dir, policy="cbs", *, steps=3, sched=None, **args_kw):
+def make_trainer(out_dir, policy="cbs", *, steps=3, sched=None, prompts=None, data=None, **args_kw):
     model, _ = build_policy(PolicyConfig(hidden=16, n_layers=1, n_heads=2, max_length=32, seed=0))
     kw = dict(output_dir=str(out_dir), per_device_train_batch_size=8, num_generations=4, max_completion_length=6,
               max_steps=steps, learning_rate=5e-3, logging_steps=1, report_to=[], use_cpu=True,
               save_strategy="no", seed=0, disable_tqdm=True)
     kw.update(args_kw)
     cfg = sched or SchedulerConfig(policy=policy, window_rounds=2)
-    return CBSGRPOTrainer(model=model, reward_funcs=parity_reward, args=GRPOConfig(**kw), train_dataset=dataset(),
-                          processing_class=char_tokenizer_fast(), scheduler_config=cfg)
+    return CBSGRPOTrainer(model=model, reward_funcs=parity_reward, args=GRPOConfig(**kw),
+                          train_dataset=dataset() if data is None else data, processing_class=char_tokenizer_fast(),
+                          scheduler_config=cfg, prompt_config=prompts)
 
 
 def _key(prompt: torch.Tensor, completion: torch.Tensor, adv: float) -> tuple:
@@ -210,6 +212,59 @@ def test_resume_through_trl_checkpoint(tmp_path):
     assert resumed.cbs_counters == full.cbs_counters
 
 
+PROMPTS = PromptSchedulerConfig(policy="greso", candidate_pool=2.0, greso_p_init=0.05, greso_p_min=0.05)
+
+
+def test_prompt_scheduler_picks_what_trl_generates_before_generation(tmp_path, monkeypatch):
+    """Each round TRL generates only for the prompts the prompt scheduler chose, from a pool of the
+    sampled prompts plus as many dataset rows again; every generated group labels the choice."""
+    few = Dataset.from_dict({"prompt": ["1+2=", "3+4=", "5+6=", "7+8="]})  # prompts come back: GRESO skips
+    trainer = make_trainer(tmp_path, "keep_all", steps=6, prompts=PROMPTS, data=few)
+    generated, choices = [], []
+    base_gen = GRPOTrainer._generate_and_score_completions
+
+    def gen(self_, inputs):
+        if self_.model.training:
+            generated.append([x["prompt"] for x in inputs])
+        return base_gen(self_, inputs)
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", gen)
+    choose = trainer.cbs_prompts.choose
+
+    def recording_choose(keys, budget, **kw):
+        choice = choose(keys, budget, **kw)
+        choices.append((keys.tolist(), choice))
+        return choice
+
+    trainer.cbs_prompts.choose = recording_choose
+    trainer.train()
+    g = trainer.num_generations
+    assert len(generated) == len(choices) == 6
+    known = {prompt_key(p) for p in few["prompt"]}
+    for prompts, (keys, choice) in zip(generated, choices):
+        budget = len(prompts) // g
+        want = [keys[i] for i in choice.chosen.tolist()]
+        assert [prompt_key(p) for p in prompts[::g]] == want and all(
+            prompts[i] == prompts[i - i % g] for i in range(len(prompts)))
+        assert len(keys) == 2 * budget and set(keys) <= known
+    # GRESO skipped something: some extra candidates were generated for, some sampled ones not.
+    assert any(int(c.chosen.max()) >= budget for _, c in choices)
+    assert trainer.cbs_prompts.stats()["skip_share"] > 0
+    assert trainer.cbs_prompts.stats()["generated_groups"] == 6 * budget
+    assert trainer.state.log_history[-2]["cbs_prompts/generated_groups"] == 6 * budget
+
+
+def test_prompt_scheduler_resumes_through_trl_checkpoint(tmp_path):
+    full = make_trainer(tmp_path / "full", "cbs", steps=4, prompts=PROMPTS, save_strategy="steps", save_steps=2)
+    full.train()
+    ckpt = tmp_path / "full" / "checkpoint-2"
+    assert (ckpt / PROMPTS_FILE).is_file()
+    resumed = make_trainer(tmp_path / "resumed", "cbs", steps=4, prompts=PROMPTS)
+    resumed.train(resume_from_checkpoint=str(ckpt))
+    assert states_equal(resumed.cbs_prompts.state_dict(), full.cbs_prompts.state_dict()) == []
+    assert states_equal(resumed.cbs.state_dict(), full.cbs.state_dict()) == []
+
+
 def test_unsupported_settings_are_value_errors(tmp_path):
     model, _ = build_policy(PolicyConfig(hidden=16, n_layers=1, n_heads=2, max_length=32))
     args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4, report_to=[],
@@ -221,6 +276,10 @@ def test_unsupported_settings_are_value_errors(tmp_path):
         CBSGRPOTrainer(args=args, scheduler_config=SchedulerConfig(gain="probe"), **kw)
     with pytest.raises(ValueError, match=r"CBSGRPOTrainer.tools"):
         CBSGRPOTrainer(args=args, tools=[lambda x: x], **kw)
+    with pytest.raises(ValueError, match=r"CBSGRPOTrainer.prompt_config: found"):
+        CBSGRPOTrainer(args=args, prompt_config="greso", **kw)
+    with pytest.raises(ValueError, match=r"CBSGRPOTrainer.prompt_config.label: found 'gain'"):
+        CBSGRPOTrainer(args=args, prompt_config=PromptSchedulerConfig(policy="learned", label="gain"), **kw)
     with pytest.raises(ValueError, match=r"CBSGRPOTrainer.nonfinite_reward"):
         CBSGRPOTrainer(args=args, nonfinite_reward="nan", **kw)
     vllm = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4, report_to=[],

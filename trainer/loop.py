@@ -1,10 +1,13 @@
 """The lean RLVR loop, top to bottom in one file.
 
-    generate -> verify -> features + score + select (scheduler or baseline)
-             -> policy update -> gain probe -> observe -> (eval, checkpoint)
+    draw candidate prompts -> choose the prompts to generate for (prompt scheduler)
+             -> generate -> verify -> features + score + select (scheduler or baseline)
+             -> policy update -> gain probe -> observe (rollout and prompt schedulers)
+             -> (eval, checkpoint)
 
 Every stage is timed; a step's time is the sum of its stages (evaluation and
-checkpointing are reported apart). Checkpoints (see rundir.py: one writer per
+checkpointing are reported apart). Cost is counted as it is spent: generated and trained
+(response) tokens, cumulative, in every metrics record. Checkpoints (see rundir.py: one writer per
 run directory, atomic writes) hold the model, optimizer, scheduler (learner +
 buffer) and RNG state, so a resumed run makes the same decisions as an
 uninterrupted one.
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rollout_bandits.bandit.gains import ProbeInputs
+from rollout_bandits.bandit.prompts import PromptChoice, PromptScheduler, PromptSchedulerConfig, prompt_key
 from rollout_bandits.bandit.scheduler import Scheduler, SchedulerConfig, ScheduleStep
 from rollout_bandits.batch import RolloutBatch
 from rollout_bandits.config import build_dataclass, changed_fields
@@ -50,6 +54,7 @@ from rollout_bandits.trainer.tasks import FAMILIES, MAX_DIFFICULTY, make_task
 from rollout_bandits.trainer.terminal import StopFlag, progress_bar
 from rollout_bandits.trainer.tokenizer import TOKENIZER_FILE, token_ids_api
 from rollout_bandits.validation import (
+    check_bool,
     check_choice,
     check_field_types,
     check_float,
@@ -58,8 +63,9 @@ from rollout_bandits.validation import (
     fail,
 )
 
-STAGES = ("generate", "verify", "schedule", "update", "probe", "observe")
-SCHEDULING_STAGES = ("schedule", "observe")
+STAGES = ("prompts", "generate", "verify", "schedule", "update", "probe", "observe")
+SCHEDULING_STAGES = ("prompts", "schedule", "observe")
+EVAL_SPLITS = ("eval", "val")
 MAX_SEED = 2**31 - 1  # seeds are mixed into torch generator seeds (seed * 1_000_033 + step)
 
 
@@ -78,7 +84,12 @@ class TrainConfig:
     warmup_steps: int = DEFAULT_WARMUP_STEPS
     warmup_lr: float = 3e-3
     eval_every: int = 25
-    eval_problems: int = 64  # per family, held-out split, greedy
+    eval_problems: int = 64  # per family, greedy
+    eval_split: str = "eval"  # what the periodic evaluation measures: held-out "eval" or "val"
+    eval_distinct: bool = False  # distinct problems (up to eval_problems; fewer where the split is smaller)
+    eval_fraction: float = 0.1  # held-out share of each family's prompt space (by prompt hash)
+    val_fraction: float = 0.0  # validation share (by hash, disjoint from train and held-out)
+    fresh_fraction: float = 1.0  # share of prompts_per_step generated each round (reuse fills the rest)
     checkpoint_every: int = 25
     out_dir: str = "runs/default"
     mini_batch_rollouts: int = 0  # > 0: one optimizer step per mini-batch of this many rollouts
@@ -89,6 +100,7 @@ class TrainConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    prompts: PromptSchedulerConfig = field(default_factory=PromptSchedulerConfig)
 
     def __post_init__(self) -> None:
         o = "TrainConfig"
@@ -103,6 +115,18 @@ class TrainConfig:
             check_choice(o, "tasks", t, tuple(FAMILIES))
         check_int(o, "difficulty", self.difficulty, 1, MAX_DIFFICULTY)
         check_float(o, "verifier_noise", self.verifier_noise, 0.0, 0.5)
+        check_choice(o, "eval_split", self.eval_split, EVAL_SPLITS)
+        check_bool(o, "eval_distinct", self.eval_distinct)
+        check_float(o, "eval_fraction", self.eval_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
+        check_float(o, "val_fraction", self.val_fraction, 0.0, 1.0 - self.eval_fraction, hi_open=True)
+        if self.eval_split == "val" and self.val_fraction == 0:
+            fail(o, "val_fraction", "0 with eval_split='val'", "a validation share > 0 to evaluate on")
+        check_float(o, "fresh_fraction", self.fresh_fraction, 0.0, 1.0, lo_open=True)
+        if self.prompts.policy == "learned" and self.prompts.label == "gain" and (
+                self.scheduler.policy != "cbs" or self.scheduler.gain == "batch"):
+            fail(o, "prompts.label", f"'gain' with scheduler.policy={self.scheduler.policy!r} and "
+                 f"scheduler.gain={self.scheduler.gain!r}", "variance | std, or a cbs scheduler with a per-arm "
+                 "gain (self | heldout | probe | auto) whose gains label the groups")
         check_float(o, "probe_fraction", self.probe_fraction, 0.0, 1.0, lo_open=True)
         check_int(o, "num_threads", self.num_threads, 0, 1024)
         check_int(o, "seed", self.seed, 0, MAX_SEED)
@@ -111,6 +135,17 @@ class TrainConfig:
     @property
     def family_names(self) -> tuple[str, ...]:
         return self.tasks or tuple(FAMILIES)
+
+    @property
+    def fresh_prompts(self) -> int:
+        """Prompts generated for each round (the generation budget)."""
+        return max(1, math.ceil(self.fresh_fraction * self.prompts_per_step - 1e-9))
+
+    def make_tasks(self, noise: float | None = None) -> list:
+        """The configured task families (`noise`: the verifier noise, default the config's)."""
+        return [make_task(name, difficulty=self.difficulty, noise=self.verifier_noise if noise is None else noise,
+                          seed=self.seed, eval_fraction=self.eval_fraction, val_fraction=self.val_fraction)
+                for name in self.family_names]
 
 
 def config_from_dict(values: dict) -> TrainConfig:
@@ -128,6 +163,7 @@ class TrainResult:
     interrupted: bool = False
     after_step: int = 0
     steps: int = 0  # the configured number of steps
+    eval_set_sizes: dict[str, int] | None = None  # distinct evaluation problems per family (eval_distinct)
 
     @property
     def scheduling_share(self) -> float:
@@ -135,21 +171,76 @@ class TrainResult:
         return sum(self.stage_seconds[s] for s in SCHEDULING_STAGES) / total if total else 0.0
 
 
-def _evaluate(model, tok, tasks, config: TrainConfig) -> dict[str, float]:
-    rates = {t.name: evaluate_pass_rate(model, tok, t, n=config.eval_problems, greedy=True, seed=config.seed)
+def _evaluate(model, tok, tasks, config: TrainConfig, eval_sets=None) -> dict[str, float]:
+    """Greedy pass rate per family on `config.eval_split` (mean over families under "mean");
+    `eval_sets`: fixed distinct problems per family (eval_distinct)."""
+    rates = {t.name: evaluate_pass_rate(model, tok, t, n=config.eval_problems, greedy=True, seed=config.seed,
+                                        split=config.eval_split,
+                                        problems=None if eval_sets is None else eval_sets[t.name])
              for t in tasks}
     rates["mean"] = sum(rates.values()) / len(tasks)
     return rates
 
 
-def _sample_problems(tasks, config: TrainConfig, step: int):
-    """The step's prompts: a function of (seed, step) alone, so resume needs no sampler state."""
+def _eval_sets(tasks, config: TrainConfig) -> dict | None:
+    """Distinct evaluation problems per family (None: eval_problems i.i.d. draws per evaluation)."""
+    if not config.eval_distinct:
+        return None
+    return {t.name: t.eval_set(config.eval_problems, seed=config.seed, split=config.eval_split, allow_fewer=True)
+            for t in tasks}
+
+
+def _sample_problems(tasks, config: TrainConfig, step: int, n: int | None = None):
+    """The step's candidate prompts: a function of (seed, step) alone, so resume needs no sampler
+    state. The first k of n draws are the k-draw sample: a larger pool only appends candidates."""
     rng = random.Random(f"prompts:{config.seed}:{step}")
     problems = []
-    for _ in range(config.prompts_per_step):
+    for _ in range(config.prompts_per_step if n is None else n):
         task = tasks[rng.randrange(len(tasks))]
         problems.append((task, task.sample(1, split="train", seed=rng.getrandbits(48))[0]))
     return problems
+
+
+def _candidate_pool(tasks, config: TrainConfig, step: int):
+    """The round's candidate prompts (the generation budget's worth without a prompt policy)."""
+    budget = config.fresh_prompts
+    cfg = config.prompts
+    return _sample_problems(tasks, config, step, budget if cfg.policy == "none" else cfg.pool_size(budget))
+
+
+def _choose_prompts(prompt_sched: PromptScheduler, tasks, config: TrainConfig, pool):
+    """Let the prompt scheduler pick the prompts to generate for among the candidate pool."""
+    budget = config.fresh_prompts
+    index = {t.name: i for i, t in enumerate(tasks)}
+    choice = prompt_sched.choose(
+        torch.tensor([prompt_key(p.prompt) for _, p in pool], dtype=torch.int64), budget,
+        families=torch.tensor([index[t.name] for t, _ in pool], dtype=torch.int64),
+        lengths=torch.tensor([len(p.prompt) + 1.0 for _, p in pool]))  # char tokens + BOS
+    return [pool[int(i)] for i in choice.chosen], choice
+
+
+def _observe_prompts(prompt_sched: PromptScheduler, choice: PromptChoice, batch: RolloutBatch, plan: ScheduleStep,
+                     arm_gains=None) -> None:
+    """Report each generated group to the prompt scheduler: rewards, the rollout scheduler's mean
+    score of the group (cbs), and for label="gain" the mean per-arm gain of its probed rollouts."""
+    gid = batch.group_index().cpu()
+    n_groups = batch.num_groups
+    sizes = torch.bincount(gid, minlength=n_groups).double()
+    scores = None
+    if plan.fresh.mean.numel() and bool(plan.fresh.mean.abs().sum() > 0):
+        m = plan.fresh.mean.detach().cpu().double()
+        scores = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, gid, m) / sizes
+    labels = None
+    if arm_gains is not None:
+        ids, gains = arm_gains
+        row = torch.searchsorted(plan.fresh_arm_ids.cpu(), ids.cpu())
+        fresh = (row < plan.fresh_arm_ids.numel())
+        fresh &= plan.fresh_arm_ids.cpu()[row.clamp_max(plan.fresh_arm_ids.numel() - 1)] == ids.cpu()
+        g = gid[row[fresh]]
+        tot = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, g, gains.cpu().double()[fresh])
+        cnt = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, g, torch.ones(g.numel(), dtype=torch.float64))
+        labels = torch.where(cnt > 0, tot / cnt.clamp_min(1), torch.full_like(tot, float("nan")))
+    prompt_sched.observe(choice, batch.reward, batch.group_offsets.cpu(), labels=labels, rollout_scores=scores)
 
 
 def _update(model, optimizer, generator, config: TrainConfig, train_set: RolloutBatch, train_prompts, adv,
@@ -307,13 +398,14 @@ def _train(config: TrainConfig, state: dict | None, progress: bool, log: Callabl
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
-    tasks = [make_task(name, difficulty=config.difficulty, noise=config.verifier_noise, seed=config.seed)
-             for name in config.family_names]
+    tasks = config.make_tasks()
+    eval_sets = _eval_sets(tasks, config)
     model, hf_or_char_tok = build_policy(config.policy)
     tok = token_ids_api(hf_or_char_tok)  # what generation and the loss forward call
     generator = make_generator(config.generation, model, tok, model_path=config.policy.model_path)
     sched_cfg = config.scheduler
     scheduler = Scheduler(sched_cfg, seed=config.seed)
+    prompt_sched = PromptScheduler(config.prompts, seed=config.seed)
     recipe = LOSSES[config.loss.name]
 
     if state is None:
@@ -321,9 +413,12 @@ def _train(config: TrainConfig, state: dict | None, progress: bool, log: Callabl
             log(f"supervised warm-up: {config.warmup_steps} steps on {len(tasks)} task families ...")
             warm = sft_warmup(model, hf_or_char_tok, tasks, steps=config.warmup_steps, lr=config.warmup_lr, seed=config.seed)
             log(f"warm-up done in {warm['seconds']:.0f} s (final loss {warm['losses'][-1]:.3f})")
-        log(f"evaluating the held-out pass rate before RL ({config.eval_problems} problems per family) ...")
-        before = _evaluate(model, hf_or_char_tok, tasks, config)
-        log(f"held-out pass rate before RL: {before['mean']:.1%}; RL: {config.steps} steps of "
+        n_eval = config.eval_problems if eval_sets is None else \
+            "/".join(str(len(eval_sets[t.name])) for t in tasks) + " distinct"
+        split = "held-out" if config.eval_split == "eval" else "validation"
+        log(f"evaluating the {split} pass rate before RL ({n_eval} problems per family) ...")
+        before = _evaluate(model, hf_or_char_tok, tasks, config, eval_sets)
+        log(f"{split} pass rate before RL: {before['mean']:.1%}; RL: {config.steps} steps of "
             f"{config.prompts_per_step} prompts x {config.group_size} rollouts, {config.loss.name} + "
             f"{sched_cfg.policy}")
         metrics: list[dict] = []
@@ -339,6 +434,8 @@ def _train(config: TrainConfig, state: dict | None, progress: bool, log: Callabl
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if state.get("prompt_scheduler") is not None:
+            prompt_sched.load_state_dict(state["prompt_scheduler"])
         torch.set_rng_state(state["torch_rng"])
         before, metrics, start = state["pass_rate_before"], state["metrics"], state["step"]
         prompt_registry, next_prompt_uid = state["prompt_registry"], state["next_prompt_uid"]
@@ -346,18 +443,21 @@ def _train(config: TrainConfig, state: dict | None, progress: bool, log: Callabl
         probe_logp = state["probe_logp"]
     # Rewrite the metrics file from what the checkpoint knows: steps after it are redone.
     with open(metrics_path, "w") as f:
-        for m in [{"step": 0, "eval": before, "generated": 0}, *metrics]:
+        for m in [{"step": 0, "eval": before, "generated": 0, "generated_tokens": 0, "trained_tokens": 0}, *metrics]:
             f.write(json.dumps(m) + "\n")
     model.train()
-    stage_seconds = {s: sum(m["seconds"][s] for m in metrics) for s in STAGES}
-    generated = metrics[-1]["generated"] if metrics else 0
+    stage_seconds = {s: sum(m["seconds"].get(s, 0.0) for m in metrics) for s in STAGES}
+    last = metrics[-1] if metrics else {}
+    generated, generated_tokens, trained_tokens = (last.get(k, 0) for k in
+                                                   ("generated", "generated_tokens", "trained_tokens"))
     after = next((dict(m["eval"]) for m in reversed(metrics) if "eval" in m), dict(before))
 
     def checkpoint(step: int) -> None:
         save_checkpoint(ckpt_path, {
             "format": FORMAT, "step": step, "config": dataclasses.asdict(config),
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+            "scheduler": scheduler.state_dict(), "prompt_scheduler": prompt_sched.state_dict(),
+            "torch_rng": torch.get_rng_state(),
             "pass_rate_before": before, "metrics": metrics, "prompt_registry": prompt_registry,
             "next_prompt_uid": next_prompt_uid,
             "probe": None if probe_batch is None else (probe_batch, probe_prompts), "probe_logp": probe_logp,
@@ -372,9 +472,16 @@ def _train(config: TrainConfig, state: dict | None, progress: bool, log: Callabl
                 clock = time.perf_counter
 
                 t0 = clock()
-                problems = _sample_problems(tasks, config, step)
+                pool = _candidate_pool(tasks, config, step)  # drawing problems: part of generation's cost
+                t_pool = clock() - t0
+
+                t0 = clock()
+                problems, choice = _choose_prompts(prompt_sched, tasks, config, pool)
+                sec["prompts"] = clock() - t0
+
+                t0 = clock()
                 gen = generator.generate([p.prompt for _, p in problems], config.group_size)
-                sec["generate"] = clock() - t0
+                sec["generate"] = clock() - t0 + t_pool
 
                 t0 = clock()
                 noise_rng = random.Random(f"noise:{config.seed}:{step}")
@@ -399,7 +506,7 @@ def _train(config: TrainConfig, state: dict | None, progress: bool, log: Callabl
 
                 t0 = clock()
                 n_fresh, n_reused = plan.num_fresh_selected, plan.num_reused
-                loss_value, logp_train = 0.0, None
+                loss_value, logp_train, step_trained_tokens = 0.0, None, 0
                 if n_fresh + n_reused > 0:
                     train_set = plan.train_batch
                     adv = plan.train_advantage_for(recipe.normalize_std).float()  # Dr.GRPO: no std
@@ -409,6 +516,7 @@ def _train(config: TrainConfig, state: dict | None, progress: bool, log: Callabl
                         model, optimizer, generator, config, train_set, train_prompts, adv, reused_mask,
                         tok.pad_id, step)
                     scheduler.record_clip_ratio(plan, clip_ratio)
+                    step_trained_tokens = train_set.num_tokens
                 sec["update"] = clock() - t0
 
                 t0 = clock()
@@ -420,11 +528,17 @@ def _train(config: TrainConfig, state: dict | None, progress: bool, log: Callabl
                 sec["probe"] = clock() - t0
 
                 t0 = clock()
+                arm_gains = None
                 if gain_kw is not None:
                     arms = scheduler.gains(plan, **gain_kw)
                     keep = torch.isin(arms.arm_ids, probed_arms)
-                    scheduler.observe(arms.arm_ids[keep], arms.gains[keep])
+                    arm_gains = (arms.arm_ids[keep], arms.gains[keep])
+                    scheduler.observe(*arm_gains)
                 sec["observe"] = clock() - t0
+
+                t0 = clock()
+                _observe_prompts(prompt_sched, choice, batch, plan, arm_gains)
+                sec["prompts"] += clock() - t0
 
                 # Forget prompts no stored rollout refers to any more.
                 live = scheduler.live_prompt_ids()
@@ -433,21 +547,28 @@ def _train(config: TrainConfig, state: dict | None, progress: bool, log: Callabl
                     del prompt_registry[uid]
 
                 generated += batch.num_rollouts
+                generated_tokens += batch.num_tokens
+                trained_tokens += step_trained_tokens
                 record = {
-                    "step": step, "generated": generated, "reward": float(rewards.mean()),
+                    "step": step, "generated": generated, "generated_tokens": generated_tokens,
+                    "trained_tokens": trained_tokens, "generated_prompts": len(problems),
+                    "reward": float(rewards.mean()),
                     "pass_rate": float(correct.mean()), "loss": loss_value,
                     "trained_fresh": n_fresh, "trained_reused": n_reused,
                     "seconds": sec, "step_seconds": sum(sec.values()),
                     "entropy": float(batch.token_entropy.float().mean()),
                     "response_len": float(batch.lengths.float().mean()), "tokens": batch.num_tokens,
-                    "selected_arms": plan.arm_ids.tolist(),
+                    "selected_arms": plan.arm_ids.tolist(), "chosen_prompts": choice.chosen.tolist(),
                 }
                 for s in STAGES:
                     stage_seconds[s] += sec[s]
                 if step % config.eval_every == 0 or step == config.steps:
-                    after = _evaluate(model, hf_or_char_tok, tasks, config)
+                    t0 = clock()
+                    after = _evaluate(model, hf_or_char_tok, tasks, config, eval_sets)
                     record["eval"] = after
+                    record["eval_seconds"] = clock() - t0
                 record["scheduler"] = _jsonable(scheduler.stats())
+                record["prompts"] = _jsonable(prompt_sched.stats())
                 metrics.append(record)
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
@@ -467,7 +588,9 @@ def _train(config: TrainConfig, state: dict | None, progress: bool, log: Callabl
         finally:
             bar(None, None, None)
     after_step = next((m["step"] for m in reversed(metrics) if "eval" in m), 0)
-    return TrainResult(config.out_dir, before, after, metrics, stage_seconds, interrupted, after_step, config.steps)
+    sizes = None if eval_sets is None else {k: len(v) for k, v in eval_sets.items()}
+    return TrainResult(config.out_dir, before, after, metrics, stage_seconds, interrupted, after_step, config.steps,
+                       sizes)
 
 
 def _jsonable(d):

@@ -122,7 +122,7 @@ def print_summary(result, console=None) -> None:
     s.add_column("share", justify="right")
     for name, sec in result.stage_seconds.items():
         s.add_row(name, f"{sec:.2f}", share(sec))
-    sched = sum(result.stage_seconds[x] for x in SCHEDULING_STAGES)
+    sched = sum(result.stage_seconds.get(x, 0.0) for x in SCHEDULING_STAGES)  # older runs: no "prompts"
     s.add_row("scheduling (features+score+select+bandit update)", f"{sched:.2f}", share(sched), style="bold")
     console.print(s)
     steps = [m for m in result.metrics if "seconds" in m]

@@ -247,11 +247,17 @@ def _max_new_tokens(task: Task, tokenizer) -> int:
 def evaluate_pass_rate(
     model, tokenizer, task: Task, n: int = 200, greedy: bool = True, seed: int = 0,
     temperature: float = 1.0, split: str = "eval", threads: int | None = 1,
+    problems: Sequence[Problem] | None = None,
 ) -> float:
-    """Fraction of n held-out problems answered correctly (noiseless verdict)."""
+    """Fraction of n held-out problems answered correctly (noiseless verdict); `problems`: these
+    problems instead of n sampled from `split`."""
+    if problems is None:
+        if n < 1:
+            raise ValueError(f"n: found {n}, expected >= 1")
+        problems = task.sample(n, split=split, seed=seed)
+    n = len(problems)
     if n < 1:
-        raise ValueError(f"n: found {n}, expected >= 1")
-    problems = task.sample(n, split=split, seed=seed)
+        raise ValueError("problems: found none, expected at least one")
     comps = generate(model, tokenizer, [p.prompt for p in problems], _max_new_tokens(task, tokenizer),
                      greedy=greedy, temperature=temperature, seed=seed, threads=threads)
     return sum(task.is_correct(p, c) for p, c in zip(problems, comps, strict=True)) / n

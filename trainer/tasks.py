@@ -8,7 +8,10 @@ with a seeded probability, to model noisy supervision (the "intra-group noise"
 the scheduler is meant to see through).
 
 The held-out evaluation split is a property of the prompt text alone (a hash),
-so it is disjoint from training whatever the seed or difficulty.
+so it is disjoint from training whatever the seed or difficulty. An optional
+validation split (`val_fraction`, the next band of the same hash) is carved out
+of the training prompts for choosing hyperparameters without looking at the
+held-out split; with val_fraction = 0 (the default) the splits are as before.
 
 Families and prompt formats (difficulty 1 shown):
 
@@ -39,7 +42,7 @@ from fractions import Fraction
 
 from rollout_bandits.validation import check_choice, check_field_types, check_float, check_int
 
-SPLITS = ("train", "eval")
+SPLITS = ("train", "eval", "val")
 MAX_DIFFICULTY = 8
 
 
@@ -50,7 +53,8 @@ class TaskConfig:
 
     `noise` is the probability that `verify` flips its reward (seeded by
     `seed`); `eval_fraction` is the share of the prompt space (by hash) held
-    out for evaluation.
+    out for evaluation, `val_fraction` the share set aside for validation
+    (never trained on, never the held-out evaluation).
     """
 
     name: str
@@ -58,6 +62,7 @@ class TaskConfig:
     noise: float = 0.0
     seed: int = 0
     eval_fraction: float = 0.1
+    val_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         o = "TaskConfig"
@@ -66,6 +71,7 @@ class TaskConfig:
         check_int(o, "difficulty", self.difficulty, 1, MAX_DIFFICULTY)
         check_float(o, "noise", self.noise, 0.0, 0.5)
         check_float(o, "eval_fraction", self.eval_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
+        check_float(o, "val_fraction", self.val_fraction, 0.0, 1.0 - self.eval_fraction, hi_open=True)
         check_int(o, "seed", self.seed, None)
 
 
@@ -312,10 +318,13 @@ FAMILIES: dict[str, Family] = {
 
 
 # ------------------------------------------------------------------ the task
-def split_of(prompt: str, eval_fraction: float = 0.1) -> str:
-    """'eval' or 'train' from a stable hash of the prompt text (seed-independent)."""
+def split_of(prompt: str, eval_fraction: float = 0.1, val_fraction: float = 0.0) -> str:
+    """'eval', 'val' or 'train' from a stable hash of the prompt text (seed-independent): the
+    lowest `eval_fraction` of the hash range is held out, the next `val_fraction` validation."""
     h = int.from_bytes(hashlib.blake2b(prompt.encode("utf-8"), digest_size=8).digest(), "big")
-    return "eval" if h < eval_fraction * 2.0**64 else "train"
+    if h < eval_fraction * 2.0**64:
+        return "eval"
+    return "val" if h < (eval_fraction + val_fraction) * 2.0**64 else "train"
 
 
 class Task:
@@ -357,26 +366,40 @@ class Task:
                     f"difficulty is too small for eval_fraction={self.config.eval_fraction}"
                 )
             p = self.family.generate(rng, self.config.difficulty)
-            if split_of(p.prompt, self.config.eval_fraction) == split:
+            if self.split_of(p.prompt) == split:
                 out.append(p)
         return out
 
-    def eval_set(self, n: int, seed: int = 0) -> list[Problem]:
-        """n distinct held-out problems, the same for every call with the same seed."""
-        rng = random.Random(f"{self.name}:evalset:{seed}")
+    def split_of(self, prompt: str) -> str:
+        return split_of(prompt, self.config.eval_fraction, self.config.val_fraction)
+
+    def eval_set(self, n: int, seed: int = 0, split: str = "eval", allow_fewer: bool = False) -> list[Problem]:
+        """n distinct problems of `split` (held-out by default), the same for every call with the
+        same seed. At low difficulty a family's split may hold fewer than n prompts: then a
+        ValueError, or with `allow_fewer` every distinct prompt a long search finds (the split's
+        whole population but for prompts rarer than about 1 in (500 / split share + 5000) draws)."""
+        if split not in SPLITS:
+            raise ValueError(f"split: found {split!r}, expected one of {SPLITS}")
+        rng = random.Random(f"{self.name}:evalset:{seed}" if split == "eval" else f"{self.name}:{split}set:{seed}")
+        share = {"eval": self.config.eval_fraction, "val": self.config.val_fraction}.get(
+            split, 1.0 - self.config.eval_fraction - self.config.val_fraction)
+        if share <= 0:
+            raise ValueError(f"{self!r}: the {split!r} split is empty (val_fraction=0)")
         seen: dict[str, Problem] = {}
         # Give up once many draws in a row bring nothing new: the space is exhausted.
-        patience = int(50 / self.config.eval_fraction) + 1000
+        patience = int(500 / share) + 5000 if allow_fewer else int(50 / share) + 1000
         stale = 0
         while len(seen) < n:
             stale += 1
             if stale > patience:
+                if allow_fewer:
+                    break
                 raise ValueError(
-                    f"{self!r}: only {len(seen)} distinct eval prompts found, {n} asked; "
+                    f"{self!r}: only {len(seen)} distinct {split} prompts found, {n} asked; "
                     "ask for fewer or raise the difficulty"
                 )
             p = self.family.generate(rng, self.config.difficulty)
-            if split_of(p.prompt, self.config.eval_fraction) == "eval" and p.prompt not in seen:
+            if self.split_of(p.prompt) == split and p.prompt not in seen:
                 seen[p.prompt] = p
                 stale = 0
         return list(seen.values())
@@ -404,8 +427,10 @@ class Task:
 
 
 # ----------------------------------------------------------- module helpers
-def make_task(name: str, difficulty: int = 1, noise: float = 0.0, seed: int = 0, eval_fraction: float = 0.1) -> Task:
-    return Task(TaskConfig(name, difficulty=difficulty, noise=noise, seed=seed, eval_fraction=eval_fraction))
+def make_task(name: str, difficulty: int = 1, noise: float = 0.0, seed: int = 0, eval_fraction: float = 0.1,
+              val_fraction: float = 0.0) -> Task:
+    return Task(TaskConfig(name, difficulty=difficulty, noise=noise, seed=seed, eval_fraction=eval_fraction,
+                           val_fraction=val_fraction))
 
 
 def make_tasks(names: Sequence[str] | None = None, **kwargs) -> list[Task]:

@@ -47,7 +47,8 @@ VARIANTS: dict[str, dict] = {"v2": {"gain": "heldout"}, "v3": {"gain": "heldout"
 # policies train 512 rows a round (CBS: 256 kept fresh + 256 reused), i.e. 4 steps each.
 MB_ROLLOUTS = 128
 MB_CBS = {"gain": "heldout", "reuse_ratio": 1.0}
-GRIDS = ("cpu", "gpu", "ablations", "cpu_mb", *(f"cpu_{v}" for v in VARIANTS))
+GRIDS = ("cpu", "gpu", "ablations", "cpu_mb", *(f"cpu_{v}" for v in VARIANTS), "efficiency", "efficiency_tune",
+         "efficiency_small", "efficiency_small_tune")
 
 
 def spec(group, opt, policy, seed, extra_labels=None, scheduler=None, **top) -> RunSpec:
@@ -76,7 +77,7 @@ ABLATIONS: dict[str, list[tuple[str, dict]]] = {
     "ratio": [("intra0.25", {"scheduler": {"intra_ratio": 0.25}}), ("intra0.75", {"scheduler": {"intra_ratio": 0.75}}),
               ("intra1.0", {"scheduler": {"intra_ratio": 1.0}}),
               ("reuse0", {"scheduler": {"reuse_ratio": 0.0}}), ("reuse1", {"scheduler": {"reuse_ratio": 1.0}})],
-    "gamma": [("0", {"scheduler": {"learner": {"gamma": 0.0}, "ee_net": {}}})],
+    "gamma": [("0", {"scheduler": {"learner": {"gamma": 0.0}, "neural_linear": {"gamma": 0.0}, "ee_net": {}}})],
     "explorer": [("ee_net", {"scheduler": {"explorer": "ee_net"}})],
     "reuse_weighting": [("clipped_is", {"loss": {"reuse_weighting": "clipped_is"}})],
     "window": [("1", {"scheduler": {"window_rounds": 1}}), ("2", {"scheduler": {"window_rounds": 2}}),
@@ -96,8 +97,13 @@ def ablation_grid(seeds, axes=None, optimizer="grpo") -> list[RunSpec]:
     return out
 
 
-def grid(name: str, seeds=None) -> tuple[dict, list[RunSpec]]:
-    """(base settings, run specs) of a named grid (one of GRIDS)."""
+def grid(name: str, seeds=None, choice: dict | None = None) -> tuple[dict, list[RunSpec]]:
+    """(base settings, run specs) of a named grid (one of GRIDS); `choice`: the prompt scheduler's
+    tuned knobs for the efficiency grid (experiments/efficiency.py)."""
+    if name.startswith("efficiency"):
+        from rollout_bandits.experiments import efficiency as eff
+
+        return eff.grid_of(name, seeds, choice)
     seeds = list(seeds) if seeds else ([0, 1, 2, 3, 4] if name == "gpu" else [0, 1, 2])
     if name == "cpu":
         return CPU_BASE, main_grid(seeds) + main_grid(seeds, optimizers=("grpo",), group="noise", noise=NOISE)

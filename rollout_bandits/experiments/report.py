@@ -9,6 +9,7 @@ import json
 import math
 import os
 
+from rollout_bandits.experiments.efficiency import report_section as efficiency_section
 from rollout_bandits.experiments.grids import (
     ABLATIONS,
     MB_CBS,
@@ -159,7 +160,7 @@ def write_report(results_dir: str = RESULTS_DIR, out_path: str = os.path.join("d
         with open(notes_path) as f:
             lines += [f.read().rstrip(), ""]
     if ok:
-        lines += _setup_section(ok)
+        lines += _setup_section([r for r in ok if not r["group"].startswith("efficiency")] or ok)
     lines += _sweeps_section(results_dir)
     for group, title in _GROUPS:
         gcells = {k: v for k, v in cells.items() if k[0] == group}
@@ -172,11 +173,12 @@ def write_report(results_dir: str = RESULTS_DIR, out_path: str = os.path.join("d
             cells = {**cells, **gcells}
         lines += _group_section(cells, gcells, group, title, fig_dir, rel, ok)
     lines += _ablation_sections(cells, fig_dir, rel)
+    lines += efficiency_section(ok, results_dir, fig_dir, rel)
     lines += _duplicates_section(ok)
     lines += _diagnostics_section(results_dir)
     if failed:
         lines += ["## Failed runs", ""] + [f"- `{r['name']}`: {r.get('error')}" for r in failed] + [""]
-    lines += _reproduce_section(len(ok), len(failed))
+    lines += _reproduce_section(len(ok), len(failed), any(r["group"].startswith("efficiency") for r in recs))
     os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
     with open(out_path, "w") as f:
         f.write("\n".join(lines))
@@ -311,12 +313,15 @@ def _ablation_sections(cells, fig_dir, rel) -> list[str]:
     return lines
 
 
-def _reproduce_section(n_ok: int, n_failed: int) -> list[str]:
+def _reproduce_section(n_ok: int, n_failed: int, efficiency: bool = False) -> list[str]:
     return ["## Reproduce", "", "```", "rollout-bandits sweep --grid cpu --jobs 2        # main + noise grids",
             "rollout-bandits sweep --grid ablations --jobs 2",
             *(f"rollout-bandits sweep --grid cpu_{v} --jobs 2     # CBS with {json.dumps(VARIANTS[v])}"
               for v in VARIANTS),
             "rollout-bandits sweep --grid cpu_mb --jobs 2     # mini-batch updates: keep-all vs CBS",
+            *(["rollout-bandits sweep --grid efficiency --jobs 2 # issue 13: efficiency_tune first, then the grid",
+               "rollout-bandits sweep --grid efficiency_small --jobs 2  # the same at the CPU-budget size"]
+              if efficiency else []),
             "rollout-bandits diagnose gain_auto '{\"scheduler\": {\"gain\": \"auto\"}}'",
             "rollout-bandits diagnose gain_heldout '{\"scheduler\": {\"gain\": \"heldout\"}}'",
             "rollout-bandits diagnose gain_self '{\"scheduler\": {\"gain\": \"self\"}}'",
@@ -385,13 +390,20 @@ def _diagnostics_section(results_dir: str) -> list[str]:
     return out + [""]
 
 
+def _explorer_gamma(s: dict) -> str:
+    """The default explorer's bonus scale (its config field: EXPLORERS in bandit/scheduler.py)."""
+    from rollout_bandits.bandit.scheduler import EXPLORERS
+    field = EXPLORERS.get(s.get("explorer", "neural_ucb"), ("learner",))[0]
+    return str(s.get(field, {}).get("gamma", "?"))
+
+
 def _default_value(axis: str, recs: list[dict]) -> str:
     if not recs:
         return "?"
     c = recs[0]["config"]
     s = c["scheduler"]
     return {"gain": s["gain"], "window": str(s["window_rounds"]),
-            "ratio": f"intra {s['intra_ratio']}, reuse {s['reuse_ratio']}", "gamma": str(s["learner"]["gamma"]),
+            "ratio": f"intra {s['intra_ratio']}, reuse {s['reuse_ratio']}", "gamma": _explorer_gamma(s),
             "explorer": s["explorer"], "reuse_weighting": c["loss"]["reuse_weighting"],
             "intra_rule": s.get("intra_rule", "topk"),
             "paper": f"gain {s['gain']}, {s['candidates']}, {c['loss']['reuse_weighting']}"}.get(axis, "")

@@ -76,6 +76,8 @@ def _warm_key(cfg) -> str:
     key = {"seed": cfg.seed, "tasks": list(cfg.family_names), "difficulty": cfg.difficulty,
            "warmup_steps": cfg.warmup_steps, "warmup_lr": cfg.warmup_lr,
            "policy": {k: v for k, v in dataclasses.asdict(cfg.policy).items() if k != "model_path"}}
+    if (cfg.eval_fraction, cfg.val_fraction) != (0.1, 0.0):  # the splits decide what the warm-up trains on
+        key["splits"] = [cfg.eval_fraction, cfg.val_fraction]
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     return f"seed{cfg.seed}_{digest}"
 
@@ -95,7 +97,6 @@ def ensure_warmup(cfg, cache_dir: str = CACHE_DIR) -> tuple[str, dict]:
     import torch
 
     from rollout_bandits.trainer.policy import build_policy, save_policy, sft_warmup
-    from rollout_bandits.trainer.tasks import make_task
 
     path = os.path.join(cache_dir, _warm_key(cfg))
     meta_path = os.path.join(path, "warmup.json")
@@ -104,7 +105,7 @@ def ensure_warmup(cfg, cache_dir: str = CACHE_DIR) -> tuple[str, dict]:
             return path, json.load(f)
     os.makedirs(cache_dir, exist_ok=True)
     torch.set_num_threads(max(cfg.num_threads, 1))
-    tasks = [make_task(n, difficulty=cfg.difficulty, seed=cfg.seed) for n in cfg.family_names]
+    tasks = cfg.make_tasks(noise=0.0)
     model, tok = build_policy(dataclasses.replace(cfg.policy, model_path=None))
     t0 = time.perf_counter()
     stats = sft_warmup(model, tok, tasks, steps=cfg.warmup_steps, lr=cfg.warmup_lr, seed=cfg.seed)
@@ -133,17 +134,20 @@ def warmed_config(base: dict, spec: RunSpec, cache_dir: str, runs_dir: str):
 
 def _summarize_run(spec: RunSpec, cfg, result, wall: float, warm_meta: dict) -> dict:
     metrics = result.metrics
-    curve = [{"step": 0, "generated": 0, "wall": 0.0,
+    curve = [{"step": 0, "generated": 0, "generated_tokens": 0, "trained_tokens": 0, "wall": 0.0,
               "eval": {k: rounded(v) for k, v in result.pass_rate_before.items()}}]
     wall_cum = 0.0
     for m in metrics:
         wall_cum += m["step_seconds"]
         if "eval" in m:
-            curve.append({"step": m["step"], "generated": m["generated"], "wall": rounded(wall_cum, 3),
+            curve.append({"step": m["step"], "generated": m["generated"], "generated_tokens": m["generated_tokens"],
+                          "trained_tokens": m["trained_tokens"], "wall": rounded(wall_cum, 3),
                           "eval": {k: rounded(v) for k, v in m["eval"].items()}})
     series = {k: [rounded(m[k]) for m in metrics] for k in ("reward", "pass_rate", "entropy", "step_seconds")}
-    series.update({k: [m[k] for m in metrics] for k in ("trained_fresh", "trained_reused")})
+    series.update({k: [m[k] for m in metrics] for k in ("trained_fresh", "trained_reused", "tokens")})
+    series["zero_variance_share"] = [rounded(m["prompts"]["last_zero_variance_share"]) for m in metrics]
     last_sched = metrics[-1]["scheduler"] if metrics else {}
+    last_prompts = metrics[-1]["prompts"] if metrics else {}
     stage = {k: rounded(v, 3) for k, v in result.stage_seconds.items()}
     total = sum(result.stage_seconds.values()) or 1.0
     return {
@@ -153,6 +157,12 @@ def _summarize_run(spec: RunSpec, cfg, result, wall: float, warm_meta: dict) -> 
         "final": curve[-1]["eval"], "before": curve[0]["eval"],
         "scheduler_stats": {k: rounded(v) if isinstance(v, float) else v for k, v in last_sched.items()
                             if not isinstance(v, (list, dict))},
+        "prompt_stats": {k: rounded(v) if isinstance(v, float) else v for k, v in last_prompts.items()},
+        "cost": {"generated_rollouts": metrics[-1]["generated"] if metrics else 0,
+                 "generated_tokens": metrics[-1]["generated_tokens"] if metrics else 0,
+                 "trained_tokens": metrics[-1]["trained_tokens"] if metrics else 0,
+                 "stage_seconds": stage, "eval_seconds": rounded(sum(m.get("eval_seconds", 0.0) for m in metrics), 2),
+                 "eval_set_sizes": result.eval_set_sizes},
         "timings": {"run_wall_seconds": rounded(wall, 2), "train_stage_seconds": stage,
                     "train_seconds": rounded(total, 2), "eval_and_overhead_seconds": rounded(wall - total, 2),
                     "scheduling_share": rounded(result.scheduling_share),
@@ -205,7 +215,15 @@ def sweep(grid_name: str, *, seeds=None, jobs: int = 2, only: str | None = None,
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
-    if specs is None:
+    if specs is None and grid_name in ("efficiency", "efficiency_small"):
+        # One command: the tuning runs that are missing, the choice they make, then the grid.
+        from rollout_bandits.experiments import efficiency as eff
+
+        sweep(f"{grid_name}_tune", jobs=jobs, steps=steps, results_dir=results_dir, cache_dir=cache_dir,
+              runs_dir=runs_dir, progress=progress, dry_run=dry_run, log=log)
+        choice = eff.read_choice(results_dir, grid_name) if dry_run else eff.write_choice(results_dir, log, grid_name)
+        base, specs = grid(grid_name, seeds, choice=choice)
+    elif specs is None:
         base, specs = grid(grid_name, seeds)
     base = copy.deepcopy(base)
     if steps is not None:
@@ -238,7 +256,7 @@ def sweep(grid_name: str, *, seeds=None, jobs: int = 2, only: str | None = None,
             log(f"warm-up ready: {fut.result()}")
         futures = {pool.submit(run_one, base, dataclasses.asdict(s), results_dir, cache_dir, runs_dir): s
                    for s in todo}
-        bar = _bar(progress, len(todo))
+        bar = _bar(progress, len(todo), log)
         for fut in as_completed(futures):
             try:
                 line = fut.result()
@@ -265,9 +283,22 @@ def _append_sweep_log(results_dir, grid_name, n, n_err, seconds, jobs) -> None:
     write_json(path, log, indent=1)
 
 
-def _bar(enabled: bool, total: int):
+def _line_info(line: dict) -> str:
+    return (f"{line['name']}: final {line['final']:.3f} ({line['seconds']:.0f}s)" if line["status"] == "ok"
+            else f"{line['name']}: FAILED {line['error']}")
+
+
+def _bar(enabled: bool, total: int, log=print):
+    """A rich progress bar; without it (--no-progress, e.g. output to a file) one log line per run."""
     if not enabled:
-        return lambda line: None
+        done = [0]
+        t0 = time.perf_counter()
+
+        def line_log(line):
+            if line is not None:
+                done[0] += 1
+                log(f"[{done[0]}/{total}, {time.perf_counter() - t0:.0f} s] {_line_info(line)}")
+        return line_log
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -286,8 +317,7 @@ def _bar(enabled: bool, total: int):
         if line is None:
             prog.stop()
             return
-        info = (f"{line['name']}: final {line['final']:.3f} ({line['seconds']:.0f}s)" if line["status"] == "ok"
-                else f"{line['name']}: FAILED {line['error']}")
+        info = _line_info(line)
         if line["status"] != "ok":
             prog.console.print(info)
         prog.update(task, advance=1, info=info)

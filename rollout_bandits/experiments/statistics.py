@@ -10,8 +10,16 @@
   reaches the same-optimizer keep_all run's final pass rate (same seed, "final" as above), as a fraction of the
   keep_all run's total; the headline number uses the seed-averaged curves (less noisy), the
   per-seed values are listed beside it. Linear interpolation between eval points.
-- scheduling share: (schedule + observe) seconds / all training-stage seconds; the gain probe
-  (an extra no-grad forward pass the per-arm gain signals need) is reported apart.
+- scheduling share: (prompts + schedule + observe) seconds / all training-stage seconds; the gain
+  probe (an extra no-grad forward pass the per-arm gain signals need) is reported apart.
+- cost to target (the efficiency grids): the generated tokens (or training wall-clock, eval
+  excluded) at which a run's pass rate, as the trailing mean of its last FINAL_K eval points
+  (fewer at the start; the same window as "final"), first reaches the same-seed keep_all run's
+  final, linearly interpolated between eval points; as a fraction of that keep_all run's total.
+  Under this definition keep_all reaches its own final at its last eval point at the latest.
+- confidence intervals: t-based over seeds, mean ± t(0.975, n-1) * sd / sqrt(n) of per-seed
+  values (for differences, the per-seed paired differences); a run that never reaches the
+  target has no value and is counted apart ("reached k of n").
 """
 
 from __future__ import annotations
@@ -120,3 +128,54 @@ def cells_of(recs):
     return cells
 
 
+
+
+# Two-sided 95% quantiles of Student's t, t(0.975, df), df = 1..30 (standard tables).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+
+
+def t975(df: int) -> float:
+    """t(0.975, df): the table to df 30, then the Cornish-Fisher expansion around z = 1.95996."""
+    if df < 1:
+        return float("nan")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def mean_ci(xs) -> tuple[float, float, float, int]:
+    """(mean, lower, upper, n) of the 95% t-interval over the finite values (n < 2: no interval)."""
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    m, sd = mean_std(xs)
+    if len(xs) < 2:
+        return m, float("nan"), float("nan"), len(xs)
+    h = t975(len(xs) - 1) * sd / math.sqrt(len(xs))
+    return m, m - h, m + h, len(xs)
+
+
+def trailing_mean(ys: list[float], k: int = FINAL_K) -> list[float]:
+    """Each point's mean with the k - 1 before it (fewer at the start)."""
+    return [sum(ys[max(0, i - k + 1):i + 1]) / (i + 1 - max(0, i - k + 1)) for i in range(len(ys))]
+
+
+def cost_to_target(rec: dict, target: float, x: str = "generated_tokens") -> float | None:
+    """The `x` (a curve column: generated_tokens, wall, ...) at which the run's trailing-mean pass
+    rate first reaches `target`; None if it never does."""
+    pts = rec["curve"]
+    ys = [pts[0]["eval"]["mean"]] + trailing_mean([c["eval"]["mean"] for c in pts[1:]])
+    return first_reach([c[x] for c in pts], ys, target)
+
+
+def cost_ratios(recs: list[dict], ref_recs: list[dict], x: str = "generated_tokens") -> dict[int, float | None]:
+    """Per seed: cost_to_target(run, same-seed reference final) / the reference's total `x`."""
+    ref = {r["seed"]: r for r in ref_recs}
+    out = {}
+    for r in recs:
+        if r["seed"] in ref:
+            k = ref[r["seed"]]
+            v = cost_to_target(r, final_of(k), x)
+            out[r["seed"]] = None if v is None else v / k["curve"][-1][x]
+    return out

@@ -19,10 +19,20 @@ Row-mean losses (grpo, dr_grpo, sapo, luspo) average over a micro-batch's rows: 
 would dilute them, so those losses are scaled by rows / real rows (an entropy bonus or MoE aux
 loss in such a micro-batch is scaled with them). The scheduler's state is saved with every TRL
 checkpoint and restored by `train(resume_from_checkpoint=...)`; its stats are logged as `cbs/*`.
+
+Prompt scheduling before generation (`prompt_config`, bandit/prompts.py): TRL's sampler hands each
+round P prompts (x num_generations); the adapter adds pool_size(P) - P more rows of the training
+dataset, drawn with a generator seeded by (seed, prompt round) so that a resumed run draws the
+same, lets the prompt scheduler pick P of these candidates *before* `generate`, and generates for
+those only (every round costs what plain TRL costs). The sampled prompts are gathered over ranks
+and the choice made identically on every rank; each rank generates its own slice. After scoring,
+each group's rewards label the choice (unscorable completions count as in `nonfinite_reward`).
+Its state is saved with the checkpoint; stats are logged as `cbs_prompts/*`.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -33,17 +43,19 @@ from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import pad
 
+from rollout_bandits.bandit.prompts import PromptScheduler, PromptSchedulerConfig, prompt_key
 from rollout_bandits.bandit.scheduler import Scheduler, SchedulerConfig
 from rollout_bandits.batch import NONFINITE_REWARD, RolloutBatch
 from rollout_bandits.distributed import RankScheduler, all_reduce_sum
 from rollout_bandits.validation import check_choice, check_int, describe, fail
 
-__all__ = ["CBSGRPOTrainer", "SCHEDULER_FILE", "char_tokenizer_fast"]
+__all__ = ["CBSGRPOTrainer", "PROMPTS_FILE", "SCHEDULER_FILE", "char_tokenizer_fast"]
 
 _O = "CBSGRPOTrainer"
 SCHEDULER_FILE = "rollout_bandits_scheduler.pt"  # replicated state (written by the main process)
 _RANK_FILE = "rollout_bandits_rank{}.pt"  # this rank's stored rollouts and counters
 _PENDING_FILE = "rollout_bandits_pending_rank{}.pt"  # last round's step, awaiting its per-arm gains
+PROMPTS_FILE = "rollout_bandits_prompts.pt"  # the prompt scheduler's state (replicated)
 _ROW_MEAN_LOSSES = ("grpo", "sapo", "dr_grpo", "luspo")
 _CLIPPED_LOSSES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")  # TRL's two-sided clipped surrogate
 _TOKEN_KEYS = ("old_per_token_logps", "sampling_per_token_logps", "ref_per_token_logps")
@@ -89,11 +101,19 @@ class CBSGRPOTrainer(GRPOTrainer):
     Everything else as GRPOTrainer. Not supported (a ValueError here): vLLM importance-sampling
     correction, tools / environments (tool masks), multimodal processors, a PEFT reference
     (no ref_model) with beta != 0.
+
+    prompt_config: a `PromptSchedulerConfig` to choose the prompts generated each round from a larger
+    candidate pool (module docstring; label "variance" | "std"; needs a map-style train_dataset),
+    or None (TRL's prompts as sampled).
+    prompt_family_column: a dataset column of small non-negative ints (e.g. the source of each
+    prompt) that the prompt scheduler uses as the prompt's family, or None.
     """
 
     def __init__(self, model, reward_funcs=None, args=None, train_dataset=None, eval_dataset=None,
                  processing_class=None, *, scheduler_config: SchedulerConfig | None = None,
-                 scheduler_seed: int | None = None, nonfinite_reward: str = "group_min", **kwargs):
+                 scheduler_seed: int | None = None, nonfinite_reward: str = "group_min",
+                 prompt_config: PromptSchedulerConfig | None = None, prompt_family_column: str | None = None,
+                 **kwargs):
         cfg = SchedulerConfig() if scheduler_config is None else scheduler_config
         if not isinstance(cfg, SchedulerConfig):
             fail(_O, "scheduler_config", describe(cfg), "a SchedulerConfig")
@@ -101,6 +121,12 @@ class CBSGRPOTrainer(GRPOTrainer):
             fail(_O, "scheduler_config.gain", "'probe'", "batch | self | heldout | auto (the probe gain needs "
                  "rollouts on a fixed probe set, which GRPOTrainer does not generate)")
         check_choice(_O, "nonfinite_reward", nonfinite_reward, NONFINITE_REWARD)
+        if prompt_config is not None and not isinstance(prompt_config, PromptSchedulerConfig):
+            fail(_O, "prompt_config", describe(prompt_config), "a PromptSchedulerConfig or None")
+        if prompt_config is not None and prompt_config.label == "gain":
+            fail(_O, "prompt_config.label", "'gain'", "variance | std (groups are labelled by their rewards)")
+        if prompt_family_column is not None and not isinstance(prompt_family_column, str):
+            fail(_O, "prompt_family_column", describe(prompt_family_column), "a column name or None")
         check_int(_O, "scheduler_seed", scheduler_seed, 0, allow_none=True)
         if args is not None and getattr(args, "use_vllm", False) and args.vllm_importance_sampling_correction:
             fail(_O, "args.vllm_importance_sampling_correction", "True with use_vllm=True",
@@ -119,6 +145,14 @@ class CBSGRPOTrainer(GRPOTrainer):
         seed = self.args.seed if scheduler_seed is None else scheduler_seed
         self.cbs = RankScheduler(Scheduler(cfg, seed=seed))
         self.cbs_nonfinite_reward = nonfinite_reward
+        self.cbs_prompts = None if prompt_config is None else PromptScheduler(prompt_config, seed=seed)
+        self.cbs_prompt_family_column = prompt_family_column
+        self._cbs_prompt_choice = None  # this round's PromptChoice, until its groups are scored
+        self._cbs_prompt_seed = seed
+        if self.cbs_prompts is not None and not (hasattr(self.train_dataset, "__getitem__")
+                                                 and hasattr(self.train_dataset, "__len__")):
+            fail(_O, "train_dataset", describe(self.train_dataset),
+                 "a map-style dataset with prompt_config (candidates are drawn from it by index)")
         # rows_chosen: train rows the scheduler gave this rank; rows_trained: real rows that went
         # through the loss (x num_iterations); padding_rows: zero-mask rows added to keep ranks in step.
         self.cbs_counters = {"rounds": 0, "rows_chosen": 0, "rows_trained": 0, "rows_reused": 0, "padding_rows": 0}
@@ -140,6 +174,8 @@ class CBSGRPOTrainer(GRPOTrainer):
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
+        if self.cbs_prompts is not None and self.model.training:
+            inputs = self._cbs_choose_prompts(inputs)
         out = super()._generate_and_score_completions(inputs)
         if not self.model.training:
             return out  # evaluation: every completion counts
@@ -186,6 +222,55 @@ class CBSGRPOTrainer(GRPOTrainer):
         keep = rows >= 0
         self._cbs_pending["clip"][rows[keep].cpu()] = frac[keep].detach().cpu()
 
+    # ---------------------------------------------------------------- prompt choice
+    def _cbs_candidates(self, budget: int) -> list[dict]:
+        """The round's extra candidates: dataset rows drawn by (seed, prompt round) alone."""
+        extra = self.cbs_prompts.config.pool_size(budget) - budget
+        g = torch.Generator().manual_seed(self._cbs_prompt_seed * 1_000_003 + self.cbs_prompts.round)
+        return [self.train_dataset[int(i)] for i in torch.randint(len(self.train_dataset), (extra,), generator=g)]
+
+    def _cbs_choose_prompts(self, inputs: list[dict]) -> list[dict]:
+        """This rank's slice of the rows to generate for: the prompt scheduler's pick of P prompts
+        among the round's P sampled ones and the extra candidates (the same pick on every rank)."""
+        from accelerate.utils import gather_object
+
+        g, n = self.num_generations, len(inputs)
+        rows = gather_object(list(inputs)) if self.accelerator.num_processes > 1 else list(inputs)
+        if len(rows) % g:
+            fail(_O, "generation batch", f"{len(rows)} rows", f"a multiple of num_generations={g}")
+        incoming = rows[::g]  # TRL's sampler: each prompt's rows are consecutive
+        budget = len(incoming)
+        cand = incoming + self._cbs_candidates(budget)
+        keys = torch.tensor([prompt_key(p if isinstance(p, str) else json.dumps(p, sort_keys=True, default=str))
+                             for p in (r["prompt"] for r in cand)], dtype=torch.int64)
+        col = self.cbs_prompt_family_column
+        families = None
+        if col is not None:
+            if any(col not in r for r in cand):
+                fail(_O, "prompt_family_column", repr(col), "a column of the training dataset")
+            families = torch.tensor([r[col] for r in cand], dtype=torch.int64)
+        choice = self.cbs_prompts.choose(keys, budget, families=families)
+        self._cbs_prompt_choice = choice
+        chosen = [cand[i] for i in choice.chosen.tolist() for _ in range(g)]
+        rank = self.accelerator.process_index
+        return chosen[rank * n:(rank + 1) * n]
+
+    def _cbs_observe_prompts(self, reward: torch.Tensor) -> None:
+        """Label this round's prompt choice with its groups' rewards (all ranks, [P * G])."""
+        choice, self._cbs_prompt_choice = self._cbs_prompt_choice, None
+        r = reward.detach().double().cpu().reshape(-1, self.num_generations)
+        bad = ~torch.isfinite(r)
+        fill = torch.zeros_like(r)
+        if self.cbs_nonfinite_reward == "group_min":
+            low = torch.where(bad, torch.inf, r).amin(1, keepdim=True)
+            fill = torch.where(torch.isfinite(low), low, 0.0).expand_as(r)
+        r = torch.where(bad, fill, r)
+        self.cbs_prompts.observe(choice, r.flatten(), self.num_generations)
+        metrics = self._metrics["train"]
+        for k, v in self.cbs_prompts.stats().items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                metrics[f"cbs_prompts/{k}"].append(float(v))
+
     # ---------------------------------------------------------------- one round
     def _cbs_schedule(self, out: dict) -> dict:
         unknown = sorted(k for k, v in out.items() if v is not None and k not in _KNOWN_KEYS)
@@ -210,6 +295,7 @@ class CBSGRPOTrainer(GRPOTrainer):
         unscorable = torch.isnan(rewards_per_func).all(dim=1)
         reward = (rewards_per_func * self.reward_weights.to(rewards_per_func.device)).nansum(dim=1)
         reward[unscorable] = float("nan")
+        reward_all = reward
         reward = reward[rank * n:(rank + 1) * n].float().to(device)
         # TRL's sampler: each prompt's G completions are consecutive in the generation batch, and each
         # process holds a contiguous slice of it (a group may straddle two processes).
@@ -220,6 +306,8 @@ class CBSGRPOTrainer(GRPOTrainer):
             behaviour, out["completion_mask"], reward, group_ids=group_ids, entropy=entropy.float(),
             truncated=truncated, max_response_len=self.max_completion_length, allow_empty_rollouts=True,
             mask_nonfinite=True, nonfinite_reward=self.cbs_nonfinite_reward)
+        if self._cbs_prompt_choice is not None:
+            self._cbs_observe_prompts(reward_all)
         rows = self._cbs_rows(out, behaviour, [len(ids) for ids in ids_list])
         rstep = self.cbs.select(batch, group_ids=group_ids, advantage=out["advantages"].float(), payload=rows)
         self._cbs_pending = {"step": rstep, "clip": torch.zeros(rstep.num_rows),
@@ -359,6 +447,8 @@ class CBSGRPOTrainer(GRPOTrainer):
         rank = self.accelerator.process_index
         if self.accelerator.is_main_process:
             _atomic_save(self.cbs.state_dict(), os.path.join(out_dir, SCHEDULER_FILE))
+            if self.cbs_prompts is not None:
+                _atomic_save(self.cbs_prompts.state_dict(), os.path.join(out_dir, PROMPTS_FILE))
         _atomic_save({"local": self.cbs.local_state_dict(), "counters": dict(self.cbs_counters)},
                      os.path.join(out_dir, _RANK_FILE.format(rank)))
         # A pickled ScheduleStep (our own classes): loaded with weights_only=False below.
@@ -380,3 +470,9 @@ class CBSGRPOTrainer(GRPOTrainer):
         self.cbs.load_local_state_dict(local["local"])
         self.cbs_counters = dict(local["counters"])
         self._cbs_pending = torch.load(paths[2], weights_only=False)["pending"]
+        if self.cbs_prompts is not None:
+            path = os.path.join(checkpoint, PROMPTS_FILE)
+            if not os.path.isfile(path):
+                fail(_O, "resume_from_checkpoint", f"{checkpoint} without {PROMPTS_FILE}",
+                     "a checkpoint written with a prompt_config")
+            self.cbs_prompts.load_state_dict(torch.load(path, weights_only=True))
