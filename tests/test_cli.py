@@ -12,7 +12,7 @@ from rollout_bandits.trainer.losses import LossConfig
 from rollout_bandits.trainer.policy import PolicyConfig
 from rollout_bandits.trainer.tasks import TaskConfig
 
-COMMANDS = ("run", "train", "demo", "sweep", "report", "diagnose", "warmup")
+COMMANDS = ("run", "train", "demo", "sweep", "report", "diagnose", "warmup", "profile")
 FLAG = re.compile(r"^--[a-z0-9]+(-[a-z0-9]+)*(\.[a-z0-9]+(-[a-z0-9]+)*)*$")
 
 

@@ -57,6 +57,7 @@ class PolicyConfig:
     max_length: int = 64
     seed: int = 0
     model_path: str | None = None
+    gguf_file: str | None = None  # a GGUF file inside model_path (transformers de-quantizes it; needs `gguf`)
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
@@ -72,6 +73,9 @@ class PolicyConfig:
         check_int(o, "intermediate", self.intermediate, 1, allow_none=True)
         check_int(o, "seed", self.seed, 0, 2**31 - 1)
         check_str(o, "model_path", self.model_path, allow_none=True)
+        check_str(o, "gguf_file", self.gguf_file, allow_none=True)
+        if self.gguf_file is not None and self.model_path is None:
+            fail(o, "gguf_file", repr(self.gguf_file), "None without a model_path (the file lives in that folder)")
         check_choice(o, "dtype", self.dtype, tuple(_DTYPES))
 
 
@@ -106,12 +110,19 @@ def build_policy(config: PolicyConfig | None = None):
                 f"PolicyConfig.model_path: {path!r} does not exist or is not a directory; "
                 "expected a local Hugging Face checkpoint folder (nothing is downloaded)"
             )
+        gguf = {} if config.gguf_file is None else {"gguf_file": config.gguf_file}
+        if gguf and not os.path.isfile(os.path.join(path, config.gguf_file)):
+            fail("PolicyConfig", "gguf_file", f"{config.gguf_file!r}, which is not a file in {path!r}",
+                 "the name of a GGUF file inside model_path")
         try:
-            model = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
+            model = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype, **gguf)
             if os.path.isfile(os.path.join(path, TOKENIZER_FILE)):
                 tok = CharTokenizer.load(os.path.join(path, TOKENIZER_FILE))
             else:
-                tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+                tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True, **gguf)
+        except ImportError as e:
+            raise ValueError(f"PolicyConfig.gguf_file: loading a GGUF file needs the gguf package ({e}); "
+                             "pip install 'rollout-bandits[gguf]'") from e
         except (OSError, ValueError, KeyError) as e:
             raise ValueError(f"PolicyConfig.model_path: could not load a checkpoint from {path!r}: {e}") from e
         return model, tok

@@ -2,4 +2,7 @@
 
 `rollout_bandits.integrations.trl.CBSGRPOTrainer`: TRL's GRPOTrainer with the scheduler in the
 loop (`pip install 'rollout-bandits[trl]'`).
+`rollout_bandits.integrations.verl`: the scheduler on verl's gathered `DataProto` in the driver
+(`schedule_dataproto`, `CBSTrainerMixin` for `RayPPOTrainer` / the DAPO recipe's `RayDAPOTrainer`;
+`pip install 'rollout-bandits[verl]'`).
 """
