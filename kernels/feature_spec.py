@@ -102,6 +102,14 @@ def assemble(batch: RolloutBatch, cfg: FeatureConfig, lp_mean, lp_min, lp_q, ent
     return torch.stack([c.to(torch.float32) for c in cols], dim=1)
 
 
+def prepare(batch: RolloutBatch, config: FeatureConfig | None, validate: bool) -> FeatureConfig:
+    """What every features path does first: the config (defaults when None) and, when asked, the
+    batch's validation."""
+    if validate:
+        batch.validate()
+    return config or FeatureConfig()
+
+
 def empty_features(batch: RolloutBatch) -> torch.Tensor:
     """The contexts of a batch with 0 rollouts."""
     return torch.zeros((0, NUM_FEATURES), dtype=torch.float32, device=batch.device)

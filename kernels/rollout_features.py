@@ -62,6 +62,7 @@ from rollout_bandits.kernels.feature_spec import (
     assemble,
     empty_features,
     max_len,
+    prepare,
     quantile_rank,
 )
 from rollout_bandits.kernels.group_topk import group_of
@@ -292,9 +293,7 @@ def rollout_features_triton(batch: RolloutBatch, config: FeatureConfig | None = 
                             validate: bool = True) -> torch.Tensor:
     """Launcher: one program per rollout, every stream read once (plus the quantile's re-reads
     from cache when a rollout is longer than its block). Reads no device data on the host."""
-    cfg = config or FeatureConfig()
-    if validate:
-        batch.validate()
+    cfg = prepare(batch, config, validate)
     n = batch.num_rollouts
     if n == 0:
         return empty_features(batch)
@@ -309,9 +308,7 @@ def rollout_features_reference(batch: RolloutBatch, config: FeatureConfig | None
                                validate: bool = True) -> torch.Tensor:
     """Vectorized PyTorch formulation (no Python loop over rollouts): the CUDA eager path and what
     torch.compile traces. float64 segment sums, an exact quantile from one topk."""
-    cfg = config or FeatureConfig()
-    if validate:
-        batch.validate()
+    cfg = prepare(batch, config, validate)
     n = batch.num_rollouts
     if n == 0:
         return empty_features(batch)

@@ -27,6 +27,7 @@ from rollout_bandits.kernels.feature_spec import (
     assemble,
     empty_features,
     max_len,
+    prepare,
     quantile_rank,
 )
 from rollout_bandits.validation import fail
@@ -40,9 +41,7 @@ except ImportError:  # pragma: no cover - exercised where numba is absent
 def rollout_features_cpu(batch: RolloutBatch, config: FeatureConfig | None = None,
                          validate: bool = True) -> torch.Tensor:
     """[N, NUM_FEATURES] float32 contexts of a batch of CPU tensors."""
-    cfg = config or FeatureConfig()
-    if validate:
-        batch.validate()
+    cfg = prepare(batch, config, validate)
     if batch.device.type != "cpu":
         fail("rollout_features", "backend", f"'cpu' with tensors on {batch.device}", "CPU tensors")
     n = batch.num_rollouts

