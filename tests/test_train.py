@@ -226,15 +226,22 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_message(tmp_path):
     assert (tmp_path / ".lock").read_text() == ""  # released cleanly
 
 
+def _cli_process(tmp_path, *args) -> subprocess.Popen:
+    """`python -m rollout_bandits.cli ARGS` in tmp_path, with Ctrl-C (SIGINT) at its default: a child
+    inherits an ignored SIGINT from its parent (some pytest-xdist workers end up ignoring it after
+    earlier tests), and a Python started that way never sees KeyboardInterrupt."""
+    return subprocess.Popen([sys.executable, "-m", "rollout_bandits.cli", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
 def _long_run(tmp_path, checkpoint_every, *flags):
     """A `train` subprocess of 400 tiny steps in tmp_path/r (stopped by the test)."""
     cfg = {"steps": 400, "prompts_per_step": 2, "group_size": 2, "warmup_steps": 0, "eval_every": 400,
            "eval_problems": 1, "checkpoint_every": checkpoint_every, "tasks": ["add"],
            "policy": {"hidden": 16, "n_layers": 1, "n_heads": 2}}
     (tmp_path / "c.json").write_text(json.dumps(cfg))
-    return subprocess.Popen([sys.executable, "-m", "rollout_bandits.cli", "train", "--config", "c.json",
-                             "--out-dir", "r", *flags], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return _cli_process(tmp_path, "train", "--config", "c.json", "--out-dir", "r", *flags)
 
 
 def test_two_processes_on_one_run_directory(tmp_path):
@@ -335,10 +342,8 @@ def test_run_resume_without_a_run_and_a_config_directory_are_clear_errors(tmp_pa
     ("evaluating the held-out pass rate before RL", ["--warmup-steps", "0", "--eval-problems", "100000"]),
 ], ids=["warm-up", "first-evaluation"])
 def test_ctrl_c_before_the_first_step_is_clean(tmp_path, when, extra):
-    proc = subprocess.Popen([sys.executable, "-m", "rollout_bandits.cli", "train", "--out-dir", "r",
-                             "--no-progress", "--policy.hidden", "16", "--policy.n-layers", "1",
-                             "--policy.n-heads", "2", *extra], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = _cli_process(tmp_path, "train", "--out-dir", "r", "--no-progress", "--policy.hidden", "16",
+                        "--policy.n-layers", "1", "--policy.n-heads", "2", *extra)
     for line in proc.stdout:
         if when in line:
             break
