@@ -235,6 +235,18 @@ def _cli_process(tmp_path, *args) -> subprocess.Popen:
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
+def _interrupt(proc: subprocess.Popen, timeout: float = 120) -> tuple[str, str]:
+    """Ctrl-C the child and collect its output; a child that does not stop is killed (never left
+    running after the test) and the test fails."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+
+
 def _long_run(tmp_path, checkpoint_every, *flags):
     """A `train` subprocess of 400 tiny steps in tmp_path/r (stopped by the test)."""
     cfg = {"steps": 400, "prompts_per_step": 2, "group_size": 2, "warmup_steps": 0, "eval_every": 400,
@@ -255,8 +267,7 @@ def test_two_processes_on_one_run_directory(tmp_path):
         second = _cli("train", "--resume", "--out-dir", "r", "--no-progress", cwd=tmp_path)
         assert second.returncode == 2 and f"in use by pid {first.pid}" in second.stderr, second.stderr
     finally:
-        first.send_signal(signal.SIGINT)
-        _, err = first.communicate(timeout=120)
+        _, err = _interrupt(first)
     assert first.returncode == 130, err
     steps = [json.loads(x)["step"] for x in open(tmp_path / "r" / METRICS)]
     assert steps == sorted(set(steps))  # one writer: no interleaved duplicate steps
@@ -348,8 +359,7 @@ def test_ctrl_c_before_the_first_step_is_clean(tmp_path, when, extra):
         if when in line:
             break
     time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    out, err = _interrupt(proc)
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert "nothing to save" in " ".join(out.split()) and err.strip() == "rollout-bandits: interrupted"
     assert not (tmp_path / "r" / CHECKPOINT).exists()
@@ -361,8 +371,7 @@ def test_ctrl_c_mid_run_writes_a_checkpoint_and_says_how_to_resume(tmp_path):
         if (tmp_path / "r" / METRICS).exists() and len((tmp_path / "r" / METRICS).read_text().splitlines()) > 2:
             break
         time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    out, err = _interrupt(proc)
     assert proc.returncode == 130 and "Traceback" not in err, err
     out = " ".join(out.split())  # rich wraps lines when not on a terminal
     assert "resume with: rollout-bandits train --resume --out-dir r" in out
