@@ -391,8 +391,9 @@ def _diagnostics_section(results_dir: str) -> list[str]:
 
 
 def _explorer_gamma(s: dict) -> str:
-    """The default explorer's bonus scale (its config field: EXPLORERS in bandit/scheduler.py)."""
-    from rollout_bandits.bandit.scheduler import EXPLORERS
+    """The default explorer's bonus scale (its config field: EXPLORERS in bandit/scheduler_config.py)."""
+    from rollout_bandits.bandit.scheduler_config import EXPLORERS
+
     field = EXPLORERS.get(s.get("explorer", "neural_ucb"), ("learner",))[0]
     return str(s.get(field, {}).get("gamma", "?"))
 
