@@ -230,28 +230,69 @@ class MLP(torch.nn.Module):
         """d mean((f(x) - y)^2) / d (w1, b1, w2, b2, w3, b3), written out: a training step's
         cost is a handful of matmuls, without autograd's per-step overhead (which dominated)."""
         with torch.no_grad():
-            z1, h1, z2, phi = self.hidden(x)
-            e = (phi @ self.w3 + self.b3 - y) * (2.0 / x.shape[0])  # dL/df [B]
-            d2 = torch.outer(e, self.w3) * act_grad(z2, self.activation)  # dL/dz2 [B, H]
-            d1 = (d2 @ self.w2.T) * act_grad(z1, self.activation)  # dL/dz1 [B, H]
+            z1 = torch.addmm(self.b1, x, self.w1)
+            h1 = self.act(z1)
+            z2 = torch.addmm(self.b2, h1, self.w2)
+            phi = self.act(z2)
+            e = torch.addmv(self.b3 - y, phi, self.w3).mul_(2.0 / x.shape[0])  # dL/df [B]
+            d2 = act_backward(torch.outer(e, self.w3), z2, self.activation)  # dL/dz2 [B, H]
+            d1 = act_backward(d2 @ self.w2.T, z1, self.activation)  # dL/dz1 [B, H]
             return x.T @ d1, d1.sum(0), h1.T @ d2, d2.sum(0), phi.T @ e, e.sum()
 
 
-def act_grad(z: torch.Tensor, activation: str) -> torch.Tensor:
-    """The activation's derivative at its input z."""
+def act_backward(grad: torch.Tensor, z: torch.Tensor, activation: str) -> torch.Tensor:
+    """grad * the activation's derivative at z, with autograd's fused backward kernels (a
+    multiply by a boolean mask costs several times more at these sizes)."""
     if activation == "relu":
-        return (z > 0).to(z.dtype)
-    cdf = 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0)))
-    pdf = torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
-    return cdf + z * pdf
+        return torch.ops.aten.threshold_backward(grad, z, 0)
+    return torch.ops.aten.gelu_backward(grad, z)
 
 
-def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
-    """optimizer.state_dict() with its tensors cloned (the live one aliases the running state)."""
-    sd = optimizer.state_dict()
-    return {"state": {i: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()}
-                      for i, s in sd["state"].items()},
-            "param_groups": [dict(g, params=list(g["params"])) for g in sd["param_groups"]]}
+class FlatAdam:
+    """Adam with L2 weight decay (torch.optim.Adam's update) over a module's parameters, which it
+    moves into one flat buffer (they stay the module's parameters, as views): a step is seven
+    vector ops. At the learners' sizes torch.optim's per-step bookkeeping cost about as much as
+    the gradient itself."""
+
+    def __init__(self, module: torch.nn.Module, lr: float, weight_decay: float = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        params = list(module.parameters())
+        self.flat = torch.cat([p.detach().reshape(-1) for p in params])
+        off = 0
+        for p in params:
+            p.data = self.flat[off:off + p.numel()].view_as(p)
+            off += p.numel()
+        self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
+        self.grad = torch.zeros_like(self.flat)
+        self.exp_avg = torch.zeros_like(self.flat)
+        self.exp_avg_sq = torch.zeros_like(self.flat)
+        self.steps = 0
+
+    def step(self, grads) -> None:
+        """One update from the gradients of the module's parameters, in parameters() order."""
+        g = torch.cat([t.reshape(-1) for t in grads], out=self.grad)
+        if self.weight_decay:
+            g.add_(self.flat, alpha=self.weight_decay)
+        b1, b2 = self.betas
+        self.steps += 1
+        self.exp_avg.lerp_(g, 1.0 - b1)
+        self.exp_avg_sq.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+        denom = self.exp_avg_sq.sqrt().div_(math.sqrt(1.0 - b2**self.steps)).add_(self.eps)
+        self.flat.addcdiv_(self.exp_avg, denom, value=-self.lr / (1.0 - b1**self.steps))
+
+    def state_dict(self) -> dict:
+        return {"step": self.steps, "exp_avg": self.exp_avg.clone(), "exp_avg_sq": self.exp_avg_sq.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or not {"step", "exp_avg", "exp_avg_sq"} <= set(state):
+            fail("FlatAdam", "state", f"keys {sorted(state) if isinstance(state, dict) else type(state).__name__}",
+                 "{step, exp_avg, exp_avg_sq} (a learner state saved before FlatAdam cannot be resumed)")
+        for k in ("exp_avg", "exp_avg_sq"):
+            if tuple(state[k].shape) != tuple(self.flat.shape):
+                fail("FlatAdam", f"state[{k!r}]", f"shape {shape_str(state[k])}", f"[{self.flat.numel()}]")
+        self.exp_avg.copy_(state["exp_avg"])
+        self.exp_avg_sq.copy_(state["exp_avg_sq"])
+        self.steps = int(state["step"])
 
 
 class Explorer:
@@ -362,7 +403,7 @@ class Explorer:
     def _modules(self) -> dict[str, torch.nn.Module]:
         return {}
 
-    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+    def _optimizers(self) -> dict[str, FlatAdam]:
         return {}
 
     def _tensors(self) -> tuple[str, ...]:
@@ -388,7 +429,7 @@ class Explorer:
         for k, m in self._modules().items():
             out[k] = {n: v.detach().clone() for n, v in m.state_dict().items()}
         for k, o in self._optimizers().items():
-            out[k] = _optimizer_state(o)
+            out[k] = o.state_dict()
         for k in self._tensors():
             out[k] = getattr(self, k).clone()
         return out
@@ -422,8 +463,7 @@ class OnlineLearner(Explorer):
         cfg = config
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.mlp = MLP(cfg.feature_dim, cfg.hidden, cfg.activation, self.generator)
-        self.optimizer = torch.optim.Adam(self.mlp.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                          fused=True)
+        self.optimizer = FlatAdam(self.mlp, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.replay = Replay(cfg.replay_capacity, cfg.feature_dim, extra=self._replay_extra())
 
     def _replay_extra(self) -> dict[str, int]:
@@ -443,23 +483,29 @@ class OnlineLearner(Explorer):
         newest = self.replay.newest(n_new)
         order = torch.cat([torch.randperm(n_new, generator=self.generator)
                            for _ in range(math.ceil(total / n_new))])[:total]
-        ly, sy = self._label_scale()
-        params = list(self.mlp.parameters())
+        steps = []  # every step's rows first (the same draws as step by step), then one gather
         for start in range(0, total, per_step):
             fresh = newest[order[start:start + per_step]]
             replayed = self.replay.sample(round(cfg.replay_ratio * fresh.numel()), self.generator)
-            idx = self._trainable(torch.cat([fresh, replayed]))
+            steps.append(torch.cat([fresh, replayed]))
+        idx_all = torch.cat(steps)
+        step_of = torch.repeat_interleave(torch.arange(len(steps)), torch.tensor([s.numel() for s in steps]))
+        keep = self._train_mask(idx_all)
+        if keep is not None:
+            idx_all, step_of = idx_all[keep], step_of[keep]
+        counts = torch.bincount(step_of, minlength=len(steps)).tolist()
+        ly, sy = self._label_scale()
+        xs_all = self.standardize(self.replay.x[idx_all])
+        ys_all = (self.replay.y[idx_all] - ly) / sy
+        for idx, xs, ys in zip(idx_all.split(counts), xs_all.split(counts), ys_all.split(counts), strict=True):
             if idx.numel() == 0:
                 continue
-            xs, ys = self.standardize(self.replay.x[idx]), (self.replay.y[idx] - ly) / sy
-            for p, g in zip(params, self.mlp.mse_gradients(xs, ys), strict=True):
-                p.grad = g
-            self.optimizer.step()
+            self.optimizer.step(self.mlp.mse_gradients(xs, ys))
             self._train_extra(idx)
 
-    def _trainable(self, idx: torch.Tensor) -> torch.Tensor:
-        """The replay slots of idx the MLP may train on (all; neural-linear holds some out)."""
-        return idx
+    def _train_mask(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """Which replay slots of idx the MLP may train on (None: all; neural-linear holds some out)."""
+        return None
 
     def _train_extra(self, idx: torch.Tensor) -> None:
         pass
@@ -467,7 +513,7 @@ class OnlineLearner(Explorer):
     def _modules(self) -> dict[str, torch.nn.Module]:
         return {"mlp": self.mlp}
 
-    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+    def _optimizers(self) -> dict[str, FlatAdam]:
         return {"optimizer": self.optimizer}
 
     def _extra_state(self) -> dict:

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 import torch
 
 from rollout_bandits.bandit._online import (
+    FlatAdam,
     LearnerConfig,
     OnlineLearner,
-    act_grad,
+    act_backward,
     check_float,
     check_int,
 )
@@ -109,8 +110,7 @@ class EENet(OnlineLearner):
             for p in self.explore.parameters():
                 fan_in = p.shape[-1] if p.dim() > 1 else cfg.explore_hidden
                 p.copy_((torch.rand(p.shape, generator=g) * 2 - 1) / math.sqrt(fan_in))
-        self.explore_optimizer = torch.optim.Adam(self.explore.parameters(), lr=cfg.lr,
-                                                  weight_decay=cfg.weight_decay, fused=True)
+        self.explore_optimizer = FlatAdam(self.explore, lr=cfg.lr, weight_decay=cfg.weight_decay)
         d, h = cfg.feature_dim, cfg.hidden
         # The flat gradient in parameter order: (w1, b1) = [x, 1] (x) d1, (w2, b2) = [h1, 1] (x) d2,
         # (w3, b3) = [phi, 1].
@@ -122,7 +122,7 @@ class EENet(OnlineLearner):
     def _modules(self) -> dict[str, torch.nn.Module]:
         return {"mlp": self.mlp, "explore": self.explore}
 
-    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+    def _optimizers(self) -> dict[str, FlatAdam]:
         return {"optimizer": self.optimizer, "explore_optimizer": self.explore_optimizer}
 
     def gradient_features(self, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,8 +131,8 @@ class EENet(OnlineLearner):
         with torch.no_grad():
             z1, h1, z2, phi = m.hidden(xs)
             f = phi @ m.w3 + m.b3
-            d2 = m.w3 * act_grad(z2, act)  # df/dz2 [N, H]
-            d1 = (d2 @ m.w2.T) * act_grad(z1, act)  # df/dz1 [N, H]
+            d2 = act_backward(m.w3.expand_as(z2), z2, act)  # df/dz2 [N, H]
+            d1 = act_backward(d2 @ m.w2.T, z1, act)  # df/dz1 [N, H]
             one = torch.ones(xs.shape[0], 1)
             pooled = self.pooling([(torch.cat([xs, one], 1), d1), (torch.cat([h1, one], 1), d2),
                                    (None, torch.cat([phi, one], 1))])
@@ -175,6 +175,4 @@ class EENet(OnlineLearner):
     def _train_extra(self, idx: torch.Tensor) -> None:
         """One Adam step of f2 on the same rows."""
         grads = self.explore_gradients(self.replay.extra["grad"][idx], self.replay.extra["residual"][idx, 0])
-        for p, grad in zip(self.explore.parameters(), grads, strict=True):
-            p.grad = grad
-        self.explore_optimizer.step()
+        self.explore_optimizer.step(grads)

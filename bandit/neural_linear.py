@@ -91,8 +91,8 @@ class NeuralLinear(OnlineLearner):
     def _replay_extra(self) -> dict[str, int]:
         return {"holdout": 1}
 
-    def _trainable(self, idx: torch.Tensor) -> torch.Tensor:
-        return idx[self.replay.extra["holdout"][idx, 0] == 0]
+    def _train_mask(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.replay.extra["holdout"][idx, 0] == 0
 
     def head_features(self, xs: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """f = [phi, z, 1] of standardized contexts xs, [N, head_dim]."""

@@ -264,3 +264,37 @@ def test_every_explorer_learns_a_gain_it_can_represent(name):
     corr = float(torch.corrcoef(torch.stack([e.score(q)[1], target(q)]))[0, 1])
     assert corr > 0.8, corr
     assert math.isfinite(float(e.score(q)[2].sum()))
+
+
+# ------------------------------------------------------------------ FlatAdam
+def test_flat_adam_is_torch_adam_with_l2_and_resumes_exactly():
+    """The learners' Adam: torch.optim.Adam's update (L2 weight decay) to float32 rounding, the
+    module's parameters stay its parameters (views of the flat buffer), and a state round trip
+    continues bit for bit."""
+    from rollout_bandits.bandit._online import MLP, FlatAdam
+
+    def make():
+        return MLP(6, 8, "relu", torch.Generator().manual_seed(3))
+
+    ours, ref, twin = make(), make(), make()
+    opt = FlatAdam(ours, lr=1e-2, weight_decay=1e-2)
+    ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-2, weight_decay=1e-2)
+    twin_opt = FlatAdam(twin, lr=1e-2, weight_decay=1e-2)
+    g = torch.Generator().manual_seed(0)
+    for step in range(20):
+        x, y = torch.randn(32, 6, generator=g), torch.randn(32, generator=g)
+        opt.step(ours.mse_gradients(x, y))
+        for p, grad in zip(ref.parameters(), ref.mse_gradients(x, y), strict=True):
+            p.grad = grad
+        ref_opt.step()
+        if step == 9:
+            twin.load_state_dict(ours.state_dict())
+            twin_opt.load_state_dict(opt.state_dict())
+        elif step > 9:
+            twin_opt.step(twin.mse_gradients(x, y))
+    for a, b, c in zip(ours.parameters(), ref.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert torch.equal(a, c)
+    assert opt.flat.data_ptr() == ours.w1.data_ptr()
+    with pytest.raises(ValueError, match="FlatAdam"):
+        opt.load_state_dict(ref_opt.state_dict())
