@@ -174,5 +174,6 @@ class EENet(OnlineLearner):
 
     def _train_extra(self, idx: torch.Tensor) -> None:
         """One Adam step of f2 on the same rows."""
-        grads = self.explore_gradients(self.replay.extra["grad"][idx], self.replay.extra["residual"][idx, 0])
+        extra = self.replay.extra
+        grads = self.explore_gradients(extra["grad"].index_select(0, idx), extra["residual"][:, 0].index_select(0, idx))
         self.explore_optimizer.step(grads)

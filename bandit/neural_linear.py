@@ -92,7 +92,7 @@ class NeuralLinear(OnlineLearner):
         return {"holdout": 1}
 
     def _train_mask(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.replay.extra["holdout"][idx, 0] == 0
+        return self.replay.extra["holdout"][:, 0].index_select(0, idx) == 0
 
     def head_features(self, xs: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """f = [phi, z, 1] of standardized contexts xs, [N, head_dim]."""
