@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--rounds", default="", help="shorter horizons, e.g. obs4=500 (default: SETTINGS')")
+    ap.add_argument("--policies", default="neural_ucb@before,ee_net@before")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "regret_before.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -60,6 +61,7 @@ def main() -> None:
             "ee_net@before": lambda spec, seed: ExplorerPolicy(
                 ee.EENet(ee.EENetConfig(feature_dim=DIM, seed=seed)), spec, stats_first=False),
         }
+        policies = {k: policies[k] for k in args.policies.split(",")}
         families, settings = args.families.split(","), args.settings.split(",")
         res, elapsed = run_benchmark(policies, families, settings, REPORT_INSTANCES[: args.seeds], "before",
                                      parse_rounds(args.rounds))
