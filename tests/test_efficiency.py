@@ -124,3 +124,6 @@ def test_tokens_to_keep_all_final_and_the_report_section(tmp_path):
     row = next(ln for ln in lines if ln.startswith("| grpo |"))
     assert "reached 3/3" in row and "| yes | yes |" in row and row.endswith("| NO |")  # no PODS runs: not all met
     assert (tmp_path / "results_efficiency.png").is_file()
+    # keep-all's own gain, start 30% -> final (.32 + .34 + .40) / 3, the same on every seed.
+    assert f"grpo 30.0% at step 0, final minus start {100 * (target - 0.30):.1f} (n=1)" not in text
+    assert f"grpo 30.0% at step 0, final minus start {100 * (target - 0.30):.1f} [" in text
