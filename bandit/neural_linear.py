@@ -122,7 +122,7 @@ class NeuralLinear(OnlineLearner):
         return mean + bonus, mean, bonus
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_finite(self.head_features(self.standardize(x)), "last-layer feature")
+        self._check_finite(self.head_features(self.standardize(x), dtype=torch.float32), "last-layer feature")
         held = torch.rand(x.shape[0], generator=self.generator) < self.config.holdout
         return held.float()
 
