@@ -169,7 +169,7 @@ class EENet(OnlineLearner):
             z = torch.addmm(lin1.bias, g, lin1.weight.T)
             h = torch.relu(z)
             e = (h @ lin2.weight[0] + lin2.bias - r) * (2.0 / g.shape[0])
-            dz = torch.outer(e, lin2.weight[0]) * (z > 0)
+            dz = act_backward(torch.outer(e, lin2.weight[0]), z, "relu")
             return dz.T @ g, dz.sum(0), (e @ h)[None, :], e.sum().reshape(1)
 
     def _train_extra(self, idx: torch.Tensor) -> None:

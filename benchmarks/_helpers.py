@@ -45,7 +45,8 @@ def _sync(dev: torch.device) -> None:
 
 def time_fn(fn, dev: torch.device, *, rounds: int | None = None, warmup: int = 2,
             budget_s: float = 20.0) -> dict:
-    """Median / p20 / p80 wall time in ms over `rounds` calls (fewer if a call is slow)."""
+    """Median / p20 / p80 / min wall time in ms over `rounds` calls (fewer if a call is slow); the
+    minimum is the least noisy estimate of the work itself on a shared machine (timeit's advice)."""
     rounds = rounds or int(os.environ.get("RB_BENCH_ROUNDS", "15"))
     for _ in range(warmup):
         fn()
@@ -61,7 +62,7 @@ def time_fn(fn, dev: torch.device, *, rounds: int | None = None, warmup: int = 2
             break
     a = np.asarray(times)
     return {"median_ms": float(np.median(a)), "p20_ms": float(np.percentile(a, 20)),
-            "p80_ms": float(np.percentile(a, 80)), "rounds": len(times)}
+            "p80_ms": float(np.percentile(a, 80)), "min_ms": float(a.min()), "rounds": len(times)}
 
 
 def count_launches(fn, dev: torch.device) -> int | None:

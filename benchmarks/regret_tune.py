@@ -152,14 +152,41 @@ def stage_explore(bar, families, settings, instances, explorers) -> dict:
     return out
 
 
+BATCHES = (512, 1024)  # stage "batch": the rows per Adam step (16 vs 8 steps for an observe of 2,048 pairs)
+
+
+def stage_batch(bar, families, settings, instances, batches=BATCHES) -> dict:
+    """The default explorer at each of BATCHES: geometric mean of regret / LinUCB's (alpha 0.5, the
+    explore stage's choice) over the tuning cells, and the same per cell."""
+    lin = "linucb alpha=0.5"
+    res = _run({lin: lambda spec, seed: make_policy("linucb", spec, seed=seed, alpha=0.5)},
+               bar, lin, families, settings, instances)
+    ref = {f"{s}/{f}/{i}": float(r.cumulative[-1]) for s in res for f in res[s] for i, r in enumerate(res[s][f][lin])}
+    out = {}
+    for tb in batches:
+        name = f"neural_linear train_batch={tb}"
+        res = _run({name: lambda spec, seed, tb=tb: make_policy("neural_linear", spec, seed=seed, train_batch=tb)},
+                   bar, name, families, settings, instances)
+        ratios = _ratios(res, name, ref)
+        by = {}
+        for k, v in ratios.items():
+            s, f, _ = k.split("/")
+            by.setdefault(f"{s}/{f}", []).append(v)
+        out[str(tb)] = {"score": _geomean(list(ratios.values())), "ratio_by_cell": {k: _geomean(v) for k, v in by.items()}}
+        bar.console.print(f"{name:40s} geomean regret / LinUCB {out[str(tb)]['score']:.3f}  "
+                          + " ".join(f"{k} {_geomean(v):.2f}" for k, v in by.items()))
+    return out
+
+
 def _geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(max(v, 1e-12)) for v in values) / len(values))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", choices=("train", "explore", "both"), default="both")
+    ap.add_argument("--stage", choices=("train", "explore", "both", "batch"), default="both")
     ap.add_argument("--explorers", default=",".join(EXPLORE))
+    ap.add_argument("--batches", default=",".join(map(str, BATCHES)), help="stage batch: the train_batch values")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "regret_tuning.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -172,6 +199,9 @@ def main() -> None:
             result["train"] = stage_train(bar, families, settings, instances)
         if args.stage in ("explore", "both"):
             result["explore"] = stage_explore(bar, families, settings, instances, args.explorers.split(","))
+        if args.stage == "batch":
+            batches = tuple(int(b) for b in args.batches.split(","))
+            result["batch"] = {**result.get("batch", {}), **stage_batch(bar, families, settings, instances, batches)}
     result.update({
         "benchmark": "regret tuning", "instances": list(instances), "families": list(families),
         "settings": {s: {"groups": g, "rounds": t, "arms": 20, "pulls": 4} for s, (g, t) in SETTINGS.items()},
