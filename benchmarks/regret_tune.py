@@ -110,6 +110,19 @@ def stage_train(bar, families, settings, instances) -> dict:
     return {"rows": rows, "best": best}
 
 
+def _scored(bar, name: str, ratios: dict, width: int) -> dict:
+    """{score: geometric mean of regret / LinUCB's, ratio_by_cell: the same per setting/family},
+    printed as one line."""
+    by: dict[str, list[float]] = {}
+    for k, v in ratios.items():
+        s, f, _ = k.split("/")
+        by.setdefault(f"{s}/{f}", []).append(v)
+    out = {"score": _geomean(list(ratios.values())), "ratio_by_cell": {k: _geomean(v) for k, v in by.items()}}
+    bar.console.print(f"{name:{width}s} geomean regret / LinUCB {out['score']:.3f}  "
+                      + " ".join(f"{k} {v:.2f}" for k, v in out["ratio_by_cell"].items()))
+    return out
+
+
 def _ratios(res: dict, name: str, ref: dict) -> dict:
     return {f"{s}/{f}/{i}": float(r.cumulative[-1]) / ref[f"{s}/{f}/{i}"]
             for s in res for f in res[s] for i, r in enumerate(res[s][f][name])}
@@ -140,15 +153,7 @@ def stage_explore(bar, families, settings, instances, explorers) -> dict:
             kind = explorer.split("_min")[0]  # a later variant of the same explorer, run with today's code
             res = _run({name: lambda spec, seed, ov=ov, e=kind: make_policy(e, spec, seed=seed, **ov)},
                        bar, name, families, settings, instances)
-            ratios = _ratios(res, name, ref)
-            score = _geomean(list(ratios.values()))
-            by = {}
-            for k, v in ratios.items():
-                s, f, _ = k.split("/")
-                by.setdefault(f"{s}/{f}", []).append(v)
-            out[explorer][json.dumps(ov)] = {"score": score, "ratio_by_cell": {k: _geomean(v) for k, v in by.items()}}
-            bar.console.print(f"{name:60s} geomean regret / LinUCB {score:.3f}  "
-                              + " ".join(f"{k} {_geomean(v):.2f}" for k, v in by.items()))
+            out[explorer][json.dumps(ov)] = _scored(bar, name, _ratios(res, name, ref), width=60)
     return out
 
 
@@ -167,14 +172,7 @@ def stage_batch(bar, families, settings, instances, batches=BATCHES) -> dict:
         name = f"neural_linear train_batch={tb}"
         res = _run({name: lambda spec, seed, tb=tb: make_policy("neural_linear", spec, seed=seed, train_batch=tb)},
                    bar, name, families, settings, instances)
-        ratios = _ratios(res, name, ref)
-        by = {}
-        for k, v in ratios.items():
-            s, f, _ = k.split("/")
-            by.setdefault(f"{s}/{f}", []).append(v)
-        out[str(tb)] = {"score": _geomean(list(ratios.values())), "ratio_by_cell": {k: _geomean(v) for k, v in by.items()}}
-        bar.console.print(f"{name:40s} geomean regret / LinUCB {out[str(tb)]['score']:.3f}  "
-                          + " ".join(f"{k} {_geomean(v):.2f}" for k, v in by.items()))
+        out[str(tb)] = _scored(bar, name, _ratios(res, name, ref), width=40)
     return out
 
 
