@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from rollout_bandits.kernels.rollout_features import NUM_FEATURES
 from rollout_bandits.validation import (  # noqa: F401  (re-exported for the learners)
+    all_finite,
     check_bool,
     check_choice,
     check_field_types,
@@ -33,7 +34,7 @@ def check_contexts(owner: str, x, feature_dim: int) -> torch.Tensor:
         fail(owner, "contexts", f"shape {shape_str(x)}", f"[N, {feature_dim}] (the learner's feature width)")
     if not x.dtype.is_floating_point:
         fail(owner, "contexts", f"dtype {x.dtype}", "a floating dtype")
-    if x.numel() and not bool(torch.isfinite(x).all()):
+    if x.numel() and not all_finite(x):
         row = int(torch.nonzero(~torch.isfinite(x))[0, 0])
         fail(owner, "contexts", f"NaN or inf in row {row}", "finite contexts")
     return x
@@ -46,7 +47,7 @@ def check_gains(owner: str, gains, n: int) -> torch.Tensor:
         fail(owner, "gains", f"shape {shape_str(gains)}", f"[{n}] (one per arm)")
     if not gains.dtype.is_floating_point:
         fail(owner, "gains", f"dtype {gains.dtype}", "a floating dtype")
-    if n and not bool(torch.isfinite(gains).all()):
+    if n and not all_finite(gains):
         i = int(torch.nonzero(~torch.isfinite(gains))[0])
         fail(owner, "gains", f"{gains[i].item()} at position {i}", "finite gains")
     return gains
@@ -111,10 +112,6 @@ class Replay:
             self.extra[k].index_copy_(0, idx, v.detach().to("cpu", torch.float32).reshape(n, -1))
         self.pos = int((self.pos + n) % self.capacity)
         self.size = min(self.size + n, self.capacity)
-
-    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """min(n, size) slots drawn uniformly with replacement (none when n <= 0)."""
-        return torch.randint(self.size, (min(max(n, 0), self.size),), generator=generator)
 
     def oldest(self, n: int) -> torch.Tensor:
         """The slots of the n least recently added pairs (n <= size): what an add overwrites."""
@@ -216,6 +213,7 @@ class MLP(torch.nn.Module):
         self.b3 = torch.nn.Parameter(torch.zeros(()))
         self.activation = activation
         self.act = ACTIVATIONS[activation]
+        self._work: dict[int, tuple[torch.Tensor, ...]] = {}  # mse_gradients' buffers, per batch size
 
     def hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         z1 = x @ self.w1 + self.b1
@@ -226,59 +224,96 @@ class MLP(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.hidden(x)[3] @ self.w3 + self.b3
 
-    def mse_gradients(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def mse_gradients(self, x: torch.Tensor, y: torch.Tensor,
+                      out: tuple[torch.Tensor, ...] | None = None) -> tuple[torch.Tensor, ...]:
         """d mean((f(x) - y)^2) / d (w1, b1, w2, b2, w3, b3), written out: a training step's
-        cost is a handful of matmuls, without autograd's per-step overhead (which dominated)."""
+        cost is a handful of matmuls, without autograd's per-step overhead (which dominated).
+        `out` (tensors shaped like the parameters, e.g. `FlatAdam.grads`) receives them in place.
+        The intermediates live in buffers kept per batch size (a step allocates nothing: the
+        allocations cost a fifth of a step at these sizes)."""
+        b = x.shape[0]
+        if out is None:
+            out = tuple(torch.empty_like(p) for p in (self.w1, self.b1, self.w2, self.b2, self.w3, self.b3))
+        work = self._work.get(b)
+        if work is None:
+            h = self.w2.shape[0]
+            work = self._work[b] = (*(torch.empty(b, h) for _ in range(6)), torch.empty(b))
+        z1, h1, z2, phi, d, t, e = work
+        g_w1, g_b1, g_w2, g_b2, g_w3, g_b3 = out
         with torch.no_grad():
-            z1 = torch.addmm(self.b1, x, self.w1)
-            h1 = self.act(z1)
-            z2 = torch.addmm(self.b2, h1, self.w2)
-            phi = self.act(z2)
-            e = torch.addmv(self.b3 - y, phi, self.w3).mul_(2.0 / x.shape[0])  # dL/df [B]
-            d2 = act_backward(torch.outer(e, self.w3), z2, self.activation)  # dL/dz2 [B, H]
-            d1 = act_backward(d2 @ self.w2.T, z1, self.activation)  # dL/dz1 [B, H]
-            return x.T @ d1, d1.sum(0), h1.T @ d2, d2.sum(0), phi.T @ e, e.sum()
+            torch.addmm(self.b1, x, self.w1, out=z1)
+            act_forward(z1, h1, self.activation)
+            torch.addmm(self.b2, h1, self.w2, out=z2)
+            act_forward(z2, phi, self.activation)
+            # dL/df = (2 / B) (f - y), f = phi w3 + b3
+            torch.addmv(y, phi, self.w3, beta=-2.0 / b, alpha=2.0 / b, out=e).add_(self.b3, alpha=2.0 / b)
+            torch.outer(e, self.w3, out=t)
+            act_backward(t, z2, self.activation, out=d)  # dL/dz2 [B, H]
+            torch.mm(h1.T, d, out=g_w2)
+            torch.sum(d, 0, out=g_b2)
+            torch.mm(d, self.w2.T, out=t)
+            act_backward(t, z1, self.activation, out=d)  # dL/dz1 [B, H]
+            torch.mm(x.T, d, out=g_w1)
+            torch.sum(d, 0, out=g_b1)
+            torch.mv(phi.T, e, out=g_w3)
+            torch.sum(e, 0, out=g_b3)
+        return out
 
 
-def act_backward(grad: torch.Tensor, z: torch.Tensor, activation: str) -> torch.Tensor:
-    """grad * the activation's derivative at z, with autograd's fused backward kernels (a
-    multiply by a boolean mask costs several times more at these sizes)."""
+def act_forward(z: torch.Tensor, out: torch.Tensor, activation: str) -> torch.Tensor:
+    """The activation of z into `out`."""
     if activation == "relu":
-        return torch.ops.aten.threshold_backward(grad, z, 0)
-    return torch.ops.aten.gelu_backward(grad, z)
+        return torch.clamp_min(z, 0.0, out=out)
+    return torch.ops.aten.gelu.out(z, out=out)
+
+
+def act_backward(grad: torch.Tensor, z: torch.Tensor, activation: str, out: torch.Tensor | None = None) -> torch.Tensor:
+    """grad * the activation's derivative at z, with autograd's fused backward kernels (a
+    multiply by a boolean mask costs several times more at these sizes), into `out` if given."""
+    if activation == "relu":
+        if out is None:
+            return torch.ops.aten.threshold_backward(grad, z, 0)
+        return torch.ops.aten.threshold_backward.grad_input(grad, z, 0, grad_input=out)
+    if out is None:
+        return torch.ops.aten.gelu_backward(grad, z)
+    return torch.ops.aten.gelu_backward.grad_input(grad, z, grad_input=out)
 
 
 class FlatAdam:
-    """Adam with L2 weight decay (torch.optim.Adam's update) over a module's parameters, which it
-    moves into one flat buffer (they stay the module's parameters, as views): a step is seven
-    vector ops. At the learners' sizes torch.optim's per-step bookkeeping cost about as much as
-    the gradient itself."""
+    """Adam with L2 weight decay (torch.optim.Adam(fused=True)'s update, its fused kernel) over a
+    module's parameters, which it moves into one flat buffer (they stay the module's parameters,
+    as views): a step is one kernel over one tensor. At the learners' sizes torch.optim's
+    per-step bookkeeping, or Adam as seven vector ops, cost about as much as the gradient."""
 
     def __init__(self, module: torch.nn.Module, lr: float, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         params = list(module.parameters())
         self.flat = torch.cat([p.detach().reshape(-1) for p in params])
-        off = 0
+        self.grad = torch.zeros_like(self.flat)
+        views, off = [], 0
         for p in params:
             p.data = self.flat[off:off + p.numel()].view_as(p)
+            views.append(self.grad[off:off + p.numel()].view_as(p))
             off += p.numel()
+        self.grads = tuple(views)  # where a step's gradients go (the parameters' shapes)
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
-        self.grad = torch.zeros_like(self.flat)
         self.exp_avg = torch.zeros_like(self.flat)
         self.exp_avg_sq = torch.zeros_like(self.flat)
-        self.steps = 0
+        self._step = torch.zeros((), dtype=torch.float32)  # the fused kernel's step count
 
-    def step(self, grads) -> None:
-        """One update from the gradients of the module's parameters, in parameters() order."""
-        g = torch.cat([t.reshape(-1) for t in grads], out=self.grad)
-        if self.weight_decay:
-            g.add_(self.flat, alpha=self.weight_decay)
-        b1, b2 = self.betas
-        self.steps += 1
-        self.exp_avg.lerp_(g, 1.0 - b1)
-        self.exp_avg_sq.mul_(b2).addcmul_(g, g, value=1.0 - b2)
-        denom = self.exp_avg_sq.sqrt().div_(math.sqrt(1.0 - b2**self.steps)).add_(self.eps)
-        self.flat.addcdiv_(self.exp_avg, denom, value=-self.lr / (1.0 - b1**self.steps))
+    @property
+    def steps(self) -> int:
+        return int(self._step)
+
+    def step(self, grads=None) -> None:
+        """One update from the gradients of the module's parameters, in parameters() order;
+        None (or `self.grads`): they were written into `self.grads`."""
+        if grads is not None and grads is not self.grads:
+            torch.cat([t.reshape(-1) for t in grads], out=self.grad)
+        self._step.add_(1.0)
+        torch._fused_adam_([self.flat], [self.grad], [self.exp_avg], [self.exp_avg_sq], [], [self._step],
+                           lr=self.lr, beta1=self.betas[0], beta2=self.betas[1],
+                           weight_decay=self.weight_decay, eps=self.eps, amsgrad=False, maximize=False)
 
     def state_dict(self) -> dict:
         return {"step": self.steps, "exp_avg": self.exp_avg.clone(), "exp_avg_sq": self.exp_avg_sq.clone()}
@@ -292,7 +327,7 @@ class FlatAdam:
                 fail("FlatAdam", f"state[{k!r}]", f"shape {shape_str(state[k])}", f"[{self.flat.numel()}]")
         self.exp_avg.copy_(state["exp_avg"])
         self.exp_avg_sq.copy_(state["exp_avg_sq"])
-        self.steps = int(state["step"])
+        self._step.fill_(int(state["step"]))
 
 
 class Explorer:
@@ -394,7 +429,7 @@ class Explorer:
         raise NotImplementedError
 
     def _check_finite(self, value: torch.Tensor, what: str) -> None:
-        if not bool(torch.isfinite(value).all()):
+        if not all_finite(value):
             row = int(torch.nonzero(~torch.isfinite(value.reshape(value.shape[0], -1)))[0, 0])
             fail(self.owner, "contexts", f"row {row}, whose {what} overflows after standardization",
                  "contexts within the range of those seen so far by a factor float32 can hold")
@@ -456,7 +491,7 @@ class Explorer:
 class OnlineLearner(Explorer):
     """An MLP gain regressor trained online on a bounded replay, plus an exploration term
     (NeuralUCB, neural-linear and EE-Net). Subclasses may add per-row replay columns
-    (`_replay_extra`) and a step on the same rows after each MLP step (`_train_extra`)."""
+    (`_replay_extra`) and steps on the same rows as the MLP's (`_train_extra`)."""
 
     def __init__(self, config: LearnerConfig):
         super().__init__(config)
@@ -470,45 +505,55 @@ class OnlineLearner(Explorer):
         return {}
 
     def _train(self, n_new: int) -> None:
-        """Adam steps until each of the `n_new` newest replay pairs was used `train_passes` times
-        (in a shuffled order), each step on c of them plus round(replay_ratio * c) replay pairs
-        (c + those <= train_batch): the updates grow with the data, not with the number of
-        `observe` calls. Then `_train_extra` on the same rows."""
-        cfg = self.config
-        n_new = min(n_new, self.replay.size)
-        total = math.ceil(cfg.train_passes * n_new - 1e-9)
+        """Adam steps until each of the `n_new` newest replay pairs the MLP may train on was used
+        `train_passes` times (in a shuffled order), each step on c of them plus
+        round(replay_ratio * c) pairs drawn from the trainable replay (c + those <=
+        train_batch): the updates grow with the data, not with the number of `observe` calls.
+        Then `_train_extra` on the same steps' rows. Every step's rows are drawn and
+        standardized first, in one pass (the steps themselves are the only sequential part)."""
+        cfg, r = self.config, self.replay
+        fresh_pool = r.newest(min(n_new, r.size))
+        trainable = self._trainable()
+        pool = None  # the slots replay rows are drawn from (None: all of [0, size))
+        if trainable is not None:
+            fresh_pool = fresh_pool[trainable.index_select(0, fresh_pool)]
+            pool = torch.nonzero(trainable[: r.size]).squeeze(1)
+        n_fresh = fresh_pool.numel()
+        total = math.ceil(cfg.train_passes * n_fresh - 1e-9)
         if total <= 0:
             return
-        per_step = max(1, min(n_new, int(cfg.train_batch / (1.0 + cfg.replay_ratio))))
-        newest = self.replay.newest(n_new)
-        order = torch.cat([torch.randperm(n_new, generator=self.generator)
-                           for _ in range(math.ceil(total / n_new))])[:total]
-        steps = []  # every step's rows first (the same draws as step by step), then one gather
-        for start in range(0, total, per_step):
-            fresh = newest[order[start:start + per_step]]
-            replayed = self.replay.sample(round(cfg.replay_ratio * fresh.numel()), self.generator)
-            steps.append(torch.cat([fresh, replayed]))
-        idx_all = torch.cat(steps)
-        step_of = torch.repeat_interleave(torch.arange(len(steps)), torch.tensor([s.numel() for s in steps]))
-        keep = self._train_mask(idx_all)
-        if keep is not None:
-            idx_all, step_of = idx_all[keep], step_of[keep]
-        counts = torch.bincount(step_of, minlength=len(steps)).tolist()
+        per_step = max(1, min(n_fresh, int(cfg.train_batch / (1.0 + cfg.replay_ratio))))
+        n_pool = r.size if pool is None else pool.numel()
+        fresh_sizes = [min(per_step, total - s) for s in range(0, total, per_step)]
+        replay_sizes = [min(round(cfg.replay_ratio * c), n_pool) for c in fresh_sizes]
+        order = torch.cat([torch.randperm(n_fresh, generator=self.generator)
+                           for _ in range(math.ceil(total / n_fresh))])[:total]
+        drawn = torch.randint(n_pool, (sum(replay_sizes),), generator=self.generator)
+        fresh = fresh_pool.index_select(0, order).split(fresh_sizes)
+        replayed = (drawn if pool is None else pool.index_select(0, drawn)).split(replay_sizes)
+        idx_all = torch.cat([t for pair in zip(fresh, replayed, strict=True) for t in pair])
+        counts = [a + b for a, b in zip(fresh_sizes, replay_sizes, strict=True)]
         ly, sy = self._label_scale()
-        xs_all = self.standardize(self.replay.x.index_select(0, idx_all))  # (5x faster than x[idx])
-        ys_all = (self.replay.y.index_select(0, idx_all) - ly) / sy
-        for idx, xs, ys in zip(idx_all.split(counts), xs_all.split(counts), ys_all.split(counts), strict=True):
-            if idx.numel() == 0:
-                continue
-            self.optimizer.step(self.mlp.mse_gradients(xs, ys))
-            self._train_extra(idx)
+        # Elementwise, so standardizing the replay once is the same as each gathered row when
+        # the steps gather more rows than it holds.
+        if idx_all.numel() > r.size:
+            xs_all = self.standardize(r.x[: r.size]).index_select(0, idx_all)
+        else:
+            xs_all = self.standardize(r.x.index_select(0, idx_all))  # (5x faster than x[idx])
+        ys_all = (r.y.index_select(0, idx_all) - ly) / sy
+        grads = self.optimizer.grads
+        for xs, ys in zip(xs_all.split(counts), ys_all.split(counts), strict=True):
+            self.optimizer.step(self.mlp.mse_gradients(xs, ys, out=grads))
+        self._train_extra(idx_all, counts)
 
-    def _train_mask(self, idx: torch.Tensor) -> torch.Tensor | None:
-        """Which replay slots of idx the MLP may train on (None: all; neural-linear holds some out)."""
+    def _trainable(self) -> torch.Tensor | None:
+        """Which replay slots the MLP may train on, a bool per slot (None: all; neural-linear
+        holds some out to choose its head)."""
         return None
 
-    def _train_extra(self, idx: torch.Tensor) -> None:
-        pass
+    def _train_extra(self, idx: torch.Tensor, counts: list[int]) -> None:
+        """Steps of another model on the MLP's rows: replay slots idx, split by counts into
+        steps (EE-Net's f2, which does not read the MLP, so it may run after all of them)."""
 
     def _modules(self) -> dict[str, torch.nn.Module]:
         return {"mlp": self.mlp}

@@ -31,7 +31,14 @@ import torch
 from rollout_bandits.bandit.gains import group_centered_reward
 from rollout_bandits.batch import RolloutBatch
 from rollout_bandits.kernels.rollout_features import FEATURE_INDEX, NUM_FEATURES
-from rollout_bandits.validation import check_choice, check_field_types, check_float, check_int, fail
+from rollout_bandits.validation import (
+    all_finite,
+    check_choice,
+    check_field_types,
+    check_float,
+    check_int,
+    fail,
+)
 
 _AGE_COL = FEATURE_INDEX["age"]
 _REUSE_COL = FEATURE_INDEX["reuse_count"]
@@ -407,7 +414,7 @@ class RolloutBuffer:
             truncated=s["truncated"][slots].clone(),
             clip_ratio=s["clip_ratio"][slots].clone(),
             max_response_len=self.max_response_len,
-            mask_nonfinite=not all(bool(torch.isfinite(v).all()) for v in floats),
+            mask_nonfinite=not all(all_finite(v) for v in floats),
             allow_empty_rollouts=bool((lens == 0).any()),
         )
         return BufferedRollouts(batch=batch, slots=slots, arm_ids=s["arm_id"][slots].clone(),

@@ -60,40 +60,52 @@ class PooledGradient:
     without forming the outer products. Blocks are (rows P_k, cols Q_k) shapes; u_k None means a
     1-row block (the vector v_k itself). A bin's sum over block k is a sum over a few rows i of
     u_i times a contiguous run of v: `pieces` (bin, i, run), the runs summed by one matmul
-    with a 0/1 matrix, the pieces averaged into their bins by another."""
+    with a 0/1 matrix, the pieces averaged into their bins by another.
+    `implicit_one`: each block's last row of u (of v, for a 1-row block) is the constant 1 of a
+    bias and is not passed (no [x, 1] concatenations: they cost as much as the pooling)."""
 
-    def __init__(self, blocks: list[tuple[int, int]], bins: int):
+    def __init__(self, blocks: list[tuple[int, int]], bins: int, implicit_one: bool = False):
         sizes = [p * q for p, q in blocks]
         total = sum(sizes)
         starts = [sum(sizes[:k]) for k in range(len(blocks))]
-        self.runs, self.rows, bin_of, lengths = [], [], [], []
-        for k, ((_, q), s0, n) in enumerate(zip(blocks, starts, sizes, strict=True)):
-            runs, rows = [], []
+        lengths = [-((-(b + 1) * total) // bins) - (b * total) // bins for b in range(bins)]
+        self.implicit_one = implicit_one
+        self.runs, self.rows, self.to_bins, self.scaled = [], [], [], []
+        for (p, q), s0, n in zip(blocks, starts, sizes, strict=True):
+            pieces = []  # (row, bin, run)
             for b in range(bins):  # torch's adaptive pooling bins: [floor(b L / B), ceil((b+1) L / B))
                 lo, hi = (b * total) // bins, -((-(b + 1) * total) // bins)
-                if k == 0:
-                    lengths.append(hi - lo)
                 a, e = max(lo, s0) - s0, min(hi, s0 + n) - s0
                 for row in range(a // q, (e - 1) // q + 1) if a < e else ():
                     run = torch.zeros(q)
                     run[max(a, row * q) - row * q: min(e, (row + 1) * q) - row * q] = 1.0
-                    runs.append(run)
-                    rows.append(row)
-                    bin_of.append(b)
-            self.runs.append(torch.stack(runs, 1) if runs else torch.zeros(q, 0))  # [Q_k, pieces_k]
-            self.rows.append(torch.tensor(rows, dtype=torch.int64))
+                    pieces.append((row, b, run))
+            # The pieces of u's rows first, those of the bias row (u = 1) last: `scaled` of them
+            # are multiplied by u.
+            bias_row = p - 1 if implicit_one and p > 1 else -1
+            pieces.sort(key=lambda t: t[0] == bias_row)
+            runs = torch.stack([t[2] for t in pieces], 1) if pieces else torch.zeros(q, 0)  # [Q_k, pieces_k]
+            to_bins = torch.zeros(len(pieces), bins)  # each piece into its bin, / the bin's length
+            for i, (_, b, _) in enumerate(pieces):
+                to_bins[i, b] = 1.0 / lengths[b]
+            self.runs.append(runs)
+            self.rows.append(torch.tensor([t[0] for t in pieces if t[0] != bias_row], dtype=torch.int64))
+            self.scaled.append(sum(t[0] != bias_row for t in pieces))
+            self.to_bins.append(to_bins)
         self.bins = bins
-        self.bin_of = torch.tensor(bin_of, dtype=torch.int64)
-        # [pieces, bins]: each piece into its bin, divided by the bin's length (the average).
-        self.to_bins = torch.zeros(len(bin_of), bins)
-        self.to_bins[torch.arange(len(bin_of)), self.bin_of] = 1.0 / torch.tensor(lengths, dtype=torch.float32)[self.bin_of]
 
     def __call__(self, blocks: list[tuple[torch.Tensor | None, torch.Tensor]]) -> torch.Tensor:
-        parts = []
-        for (u, v), runs, rows in zip(blocks, self.runs, self.rows, strict=True):
-            part = v @ runs  # [N, pieces_k]: each piece's run of v summed
-            parts.append(part if u is None else part * u.index_select(1, rows))
-        return torch.cat(parts, 1) @ self.to_bins
+        out = None
+        for (u, v), runs, rows, scaled, to_bins in zip(blocks, self.runs, self.rows, self.scaled, self.to_bins,
+                                                      strict=True):
+            if u is None and self.implicit_one:  # v's implicit last entry 1 adds the last row of runs
+                part = torch.addmm(runs[-1], v, runs[:-1])
+            else:
+                part = v @ runs  # [N, pieces_k]: each piece's run of v summed
+            if u is not None:
+                part[:, :scaled] *= u.index_select(1, rows)
+            out = part @ to_bins if out is None else out.addmm_(part, to_bins)
+        return out
 
 
 class EENet(OnlineLearner):
@@ -111,10 +123,11 @@ class EENet(OnlineLearner):
                 fan_in = p.shape[-1] if p.dim() > 1 else cfg.explore_hidden
                 p.copy_((torch.rand(p.shape, generator=g) * 2 - 1) / math.sqrt(fan_in))
         self.explore_optimizer = FlatAdam(self.explore, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self._explore_work: dict[int, tuple[torch.Tensor, ...]] = {}
         d, h = cfg.feature_dim, cfg.hidden
         # The flat gradient in parameter order: (w1, b1) = [x, 1] (x) d1, (w2, b2) = [h1, 1] (x) d2,
         # (w3, b3) = [phi, 1].
-        self.pooling = PooledGradient([(d + 1, h), (h + 1, h), (1, h + 1)], cfg.grad_width)
+        self.pooling = PooledGradient([(d + 1, h), (h + 1, h), (1, h + 1)], cfg.grad_width, implicit_one=True)
 
     def _replay_extra(self) -> dict[str, int]:
         return {"grad": self.config.grad_width, "residual": 1}
@@ -133,9 +146,7 @@ class EENet(OnlineLearner):
             f = phi @ m.w3 + m.b3
             d2 = act_backward(m.w3.expand_as(z2), z2, act)  # df/dz2 [N, H]
             d1 = act_backward(d2 @ m.w2.T, z1, act)  # df/dz1 [N, H]
-            one = torch.ones(xs.shape[0], 1)
-            pooled = self.pooling([(torch.cat([xs, one], 1), d1), (torch.cat([h1, one], 1), d2),
-                                   (None, torch.cat([phi, one], 1))])
+            pooled = self.pooling([(xs, d1), (h1, d2), (None, phi)])  # the biases' 1s implicit
             rms = pooled.pow(2).mean(1, keepdim=True).sqrt().clamp_min(1e-12)
         return f, pooled / rms
 
@@ -162,18 +173,36 @@ class EENet(OnlineLearner):
         self.replay.add(x, gains, grad=g, residual=residual[:, None])
         self._train(x.shape[0])
 
-    def explore_gradients(self, g: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """d mean((f2(g) - r)^2) / d f2's (weight, bias, weight, bias), written out like the MLP's."""
+    def explore_gradients(self, g: torch.Tensor, r: torch.Tensor,
+                          out: tuple[torch.Tensor, ...] | None = None) -> tuple[torch.Tensor, ...]:
+        """d mean((f2(g) - r)^2) / d f2's (weight, bias, weight, bias), written out like the MLP's
+        (into `out` when given; intermediates in buffers kept per batch size)."""
         lin1, lin2 = self.explore[0], self.explore[2]
+        n = g.shape[0]
+        if out is None:
+            out = tuple(torch.empty_like(p) for p in self.explore.parameters())
+        work = self._explore_work.get(n)
+        if work is None:
+            work = self._explore_work[n] = (torch.empty(n, lin1.out_features), torch.empty(n, lin1.out_features),
+                                            torch.empty(n, lin1.out_features), torch.empty(n))
+        z, h, t, e = work
+        g_w1, g_b1, g_w2, g_b2 = out
         with torch.no_grad():
-            z = torch.addmm(lin1.bias, g, lin1.weight.T)
-            h = torch.relu(z)
-            e = (h @ lin2.weight[0] + lin2.bias - r) * (2.0 / g.shape[0])
-            dz = act_backward(torch.outer(e, lin2.weight[0]), z, "relu")
-            return dz.T @ g, dz.sum(0), (e @ h)[None, :], e.sum().reshape(1)
+            torch.addmm(lin1.bias, g, lin1.weight.T, out=z)
+            torch.clamp_min(z, 0.0, out=h)
+            torch.addmv(r, h, lin2.weight[0], beta=-2.0 / n, alpha=2.0 / n, out=e).add_(lin2.bias, alpha=2.0 / n)
+            torch.outer(e, lin2.weight[0], out=t)
+            act_backward(t, z, "relu", out=t)  # dL/dz (in place: each entry reads only itself)
+            torch.mm(t.T, g, out=g_w1)
+            torch.sum(t, 0, out=g_b1)
+            torch.mv(h.T, e, out=g_w2[0])
+            torch.sum(e, 0, keepdim=True, out=g_b2)
+        return out
 
-    def _train_extra(self, idx: torch.Tensor) -> None:
-        """One Adam step of f2 on the same rows."""
-        extra = self.replay.extra
-        grads = self.explore_gradients(extra["grad"].index_select(0, idx), extra["residual"][:, 0].index_select(0, idx))
-        self.explore_optimizer.step(grads)
+    def _train_extra(self, idx: torch.Tensor, counts: list[int]) -> None:
+        """f2's Adam steps, one on each of the MLP's steps' rows (gathered once)."""
+        extra, opt = self.replay.extra, self.explore_optimizer
+        g_all = extra["grad"].index_select(0, idx)
+        r_all = extra["residual"][:, 0].index_select(0, idx)
+        for g, r in zip(g_all.split(counts), r_all.split(counts), strict=True):
+            opt.step(self.explore_gradients(g, r, out=opt.grads))

@@ -37,7 +37,7 @@ import torch
 
 from rollout_bandits.batch import RolloutBatch, group_index
 from rollout_bandits.kernels.feature_spec import group_reward_stats
-from rollout_bandits.validation import check_bool, check_tensor, fail, shape_str
+from rollout_bandits.validation import all_finite, check_bool, check_tensor, fail, shape_str
 
 GAIN_SIGNALS = ("batch", "self", "heldout", "probe", "auto")
 
@@ -58,7 +58,7 @@ def _check_streams(owner, before, after, offsets, reward, group_offsets, mask_no
     streams = (("reward", reward),) if mask_nonfinite else (("logp_before", before), ("logp_after", after),
                                                             ("reward", reward))
     for name, t in streams:
-        if t.numel() and not bool(torch.isfinite(t).all()):
+        if t.numel() and not all_finite(t):
             i = int(torch.nonzero(~torch.isfinite(t))[0])
             fail(owner, name, f"{t[i].item()} at index {i}", "finite values")
     go = check_tensor(owner, "group_offsets", group_offsets, dim=1, kind="int")
@@ -115,7 +115,7 @@ class GainInputs:
         check_tensor(o, "arm_ids", self.arm_ids, shape=(n,), kind="int")
         if self.advantage is not None:
             check_tensor(o, "advantage", self.advantage, shape=(n,), kind="float")
-            if not bool(torch.isfinite(self.advantage).all()):
+            if not all_finite(self.advantage):
                 fail(o, "advantage", "NaN or inf", "finite advantages")
         if self.probe is not None:
             self.probe.validate()

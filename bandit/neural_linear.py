@@ -40,6 +40,7 @@ from rollout_bandits.bandit._online import (
     check_float,
 )
 from rollout_bandits.bandit.linucb import LinearStats
+from rollout_bandits.validation import all_finite
 
 HEADS = ("auto", "full", "linear")
 MIN_HELD_OUT = 30  # held-out pairs before the paired test may choose phi (its normal approximation)
@@ -91,8 +92,8 @@ class NeuralLinear(OnlineLearner):
     def _replay_extra(self) -> dict[str, int]:
         return {"holdout": 1}
 
-    def _train_mask(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.replay.extra["holdout"][:, 0].index_select(0, idx) == 0
+    def _trainable(self) -> torch.Tensor:
+        return self.replay.extra["holdout"][:, 0] == 0
 
     def head_features(self, xs: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """f = [phi, z, 1] of standardized contexts xs, [N, head_dim]."""
@@ -130,7 +131,7 @@ class NeuralLinear(OnlineLearner):
         r = self.replay
         over = max(0, x.shape[0] - r.capacity)  # new pairs that never fit
         old = r.oldest(min(r.size, max(0, r.size + x.shape[0] - r.capacity)))
-        self.evicted.add(torch.cat([r.x[old], x[:over]]), torch.cat([r.y[old], gains[:over]]),
+        self.evicted.add(torch.cat([r.x.index_select(0, old), x[:over]]), torch.cat([r.y.index_select(0, old), gains[:over]]),
                          self.feature_stats.mean)
         r.add(x, gains, holdout=prepared[:, None])
         self._train(x.shape[0])
@@ -177,7 +178,7 @@ def _ridge(gram: torch.Tensor, fy: torch.Tensor, ridge: float) -> tuple[torch.Te
     a = torch.eye(d, dtype=torch.float64) * ridge + 0.5 * (gram + gram.T)
     for jitter in (0.0, 1e-12, 1e-9, 1e-6):
         chol, info = torch.linalg.cholesky_ex(a + torch.eye(d, dtype=torch.float64) * jitter * float(a.diagonal().mean()))
-        if int(info) == 0 and bool(torch.isfinite(chol).all()):
+        if int(info) == 0 and all_finite(chol):
             a_inv = torch.cholesky_inverse(chol)
             return a_inv @ fy, a_inv
     return None

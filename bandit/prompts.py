@@ -55,6 +55,7 @@ import torch
 from rollout_bandits.bandit.neural_ucb import NeuralUCB, NeuralUCBConfig
 from rollout_bandits.validation import (
     BACKENDS,
+    all_finite,
     check_choice,
     check_field_types,
     check_float,
@@ -282,7 +283,7 @@ class PromptScheduler:
         else:
             lengths = check_tensor(f"{_O}.choose", "lengths", lengths, shape=(m,),
                                    expected=f"[{m}] prompt lengths").detach().cpu().to(torch.float64)
-            if not bool(torch.isfinite(lengths).all()) or bool((lengths < 0).any()):
+            if not all_finite(lengths) or bool((lengths < 0).any()):
                 fail(f"{_O}.choose", "lengths", "a negative or non-finite length", "lengths >= 0")
         return keys, families, lengths.to(torch.float64)
 
@@ -389,7 +390,7 @@ class PromptScheduler:
         sizes = go[1:] - go[:-1]
         if int(go[0]) != 0 or int(go[-1]) != r.numel() or bool((sizes < 1).any()):
             fail(o, "group_offsets", str(go.tolist()[:8]), f"increasing offsets from 0 to {r.numel()}, groups of >= 1")
-        if not bool(torch.isfinite(r).all()):
+        if not all_finite(r):
             fail(o, "rewards", "NaN or inf", "finite rewards")
         lab = None
         if cfg.label == "gain" and self.learner is not None:
@@ -403,7 +404,7 @@ class PromptScheduler:
         if rollout_scores is not None:
             sc = check_tensor(o, "rollout_scores", rollout_scores, shape=(b,), kind="float").detach().cpu()
             sc = sc.to(torch.float64)
-            if not bool(torch.isfinite(sc).all()):
+            if not all_finite(sc):
                 fail(o, "rollout_scores", "NaN or inf", "finite scores")
         gid = torch.repeat_interleave(torch.arange(b), sizes)
         mean = torch.zeros(b, dtype=torch.float64).index_add_(0, gid, r) / sizes

@@ -53,6 +53,7 @@ from rollout_bandits.kernels.rollout_features import (
 )
 from rollout_bandits.kernels.schedule import Selection
 from rollout_bandits.validation import (
+    all_finite,
     check_int,
     check_tensor,
     describe,
@@ -458,7 +459,7 @@ class Scheduler:
         c = check_tensor(o, "clip_ratio", clip_ratio, shape=(n,), kind="float",
                          expected=f"[{n}] (one per train_batch row)")
         c = c.detach().cpu().float()
-        if n and (not bool(torch.isfinite(c).all()) or bool((c < 0).any()) or bool((c > 1).any())):
+        if n and (not all_finite(c) or bool((c < 0).any()) or bool((c > 1).any())):
             fail(o, "clip_ratio", "a value outside [0, 1] or not finite", "fractions in [0, 1]")
         if self.buffer is not None and n:
             self.buffer.set_clip_ratio(step.arm_ids, c)

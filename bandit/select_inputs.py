@@ -6,7 +6,7 @@ import torch
 
 from rollout_bandits.bandit.gains import group_advantage, group_centered_reward
 from rollout_bandits.batch import RolloutBatch
-from rollout_bandits.validation import check_tensor, describe, fail, shape_str
+from rollout_bandits.validation import all_finite, check_tensor, describe, fail, shape_str
 
 _SEL = "Scheduler.select"
 
@@ -64,7 +64,7 @@ def advantages(advantage, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tens
     n = batch.num_rollouts
     a = check_tensor(_SEL, "advantage", advantage, shape=(n,), kind="float", expected=f"[{n}] (one per rollout)")
     a = a.detach().to("cpu", torch.float32)
-    if not bool(torch.isfinite(a).all()):
+    if not all_finite(a):
         i = int(torch.nonzero(~torch.isfinite(a))[0])
         fail(_SEL, "advantage", f"{a[i].item()} at rollout {i}", "finite advantages (in float32)")
     return a, a

@@ -16,6 +16,10 @@ Stage "explore" (each explorer's exploration fields): cumulative regret in the b
 as the ratio to LinUCB's (alpha chosen first, in the same stage) per family x instance x
 batch size; the score is the geometric mean of those ratios. The explorer with the lowest
 score becomes SchedulerConfig's default explorer.
+
+Stages "batch" / "budget" (what an `observe` of 2,048 pairs costs): the default explorer with
+cheaper training (`--batches 768,1024`, or `--overrides '{"hidden": 16}' ...`), scored like
+stage "explore"; a cheaper budget is only taken if every tuning cell still meets the bar.
 """
 
 from __future__ import annotations
@@ -160,19 +164,25 @@ def stage_explore(bar, families, settings, instances, explorers) -> dict:
 BATCHES = (512, 1024)  # stage "batch": the rows per Adam step (16 vs 8 steps for an observe of 2,048 pairs)
 
 
-def stage_batch(bar, families, settings, instances, batches=BATCHES) -> dict:
-    """The default explorer at each of BATCHES: geometric mean of regret / LinUCB's (alpha 0.5, the
-    explore stage's choice) over the tuning cells, and the same per cell."""
+def _linucb_ref(bar, families, settings, instances) -> dict:
     lin = "linucb alpha=0.5"
     res = _run({lin: lambda spec, seed: make_policy("linucb", spec, seed=seed, alpha=0.5)},
                bar, lin, families, settings, instances)
-    ref = {f"{s}/{f}/{i}": float(r.cumulative[-1]) for s in res for f in res[s] for i, r in enumerate(res[s][f][lin])}
+    return {f"{s}/{f}/{i}": float(r.cumulative[-1]) for s in res for f in res[s] for i, r in enumerate(res[s][f][lin])}
+
+
+def stage_budget(bar, families, settings, instances, candidates: list[dict]) -> dict:
+    """The default explorer with each candidate's LearnerConfig overrides (what an `observe`
+    costs: train_batch, hidden, train_passes, replay_ratio): geometric mean of regret / LinUCB's
+    (alpha 0.5, the explore stage's choice) over the tuning cells, and the same per cell. A
+    cheaper training budget is only taken if every cell still meets the issue's bar."""
+    ref = _linucb_ref(bar, families, settings, instances)
     out = {}
-    for tb in batches:
-        name = f"neural_linear train_batch={tb}"
-        res = _run({name: lambda spec, seed, tb=tb: make_policy("neural_linear", spec, seed=seed, train_batch=tb)},
+    for ov in candidates:
+        name = "neural_linear " + (",".join(f"{k}={v}" for k, v in ov.items()) or "default")
+        res = _run({name: lambda spec, seed, ov=ov: make_policy("neural_linear", spec, seed=seed, **ov)},
                    bar, name, families, settings, instances)
-        out[str(tb)] = _scored(bar, name, _ratios(res, name, ref), width=40)
+        out[json.dumps(ov, sort_keys=True)] = _scored(bar, name, _ratios(res, name, ref), width=40)
     return out
 
 
@@ -182,9 +192,11 @@ def _geomean(values: list[float]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", choices=("train", "explore", "both", "batch"), default="both")
+    ap.add_argument("--stage", choices=("train", "explore", "both", "batch", "budget"), default="both")
     ap.add_argument("--explorers", default=",".join(EXPLORE))
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)), help="stage batch: the train_batch values")
+    ap.add_argument("--overrides", nargs="+", default=["{}"],
+                    help="stage budget: LearnerConfig overrides, one JSON object per candidate ('{}': the defaults)")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "regret_tuning.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -199,7 +211,13 @@ def main() -> None:
             result["explore"] = stage_explore(bar, families, settings, instances, args.explorers.split(","))
         if args.stage == "batch":
             batches = tuple(int(b) for b in args.batches.split(","))
-            result["batch"] = {**result.get("batch", {}), **stage_batch(bar, families, settings, instances, batches)}
+            cands = [{"train_batch": b} for b in batches]
+            got = stage_budget(bar, families, settings, instances, cands)
+            result["batch"] = {**result.get("batch", {}), **{str(c["train_batch"]): got[json.dumps(c)] for c in cands}}
+        if args.stage == "budget":
+            cands = [json.loads(o) for o in args.overrides]
+            result["budget"] = {**result.get("budget", {}),
+                                **stage_budget(bar, families, settings, instances, cands)}
     result.update({
         "benchmark": "regret tuning", "instances": list(instances), "families": list(families),
         "settings": {s: {"groups": g, "rounds": t, "arms": 20, "pulls": 4} for s, (g, t) in SETTINGS.items()},

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from rollout_bandits.validation import (
+    all_finite,
     check_bool,
     check_choice,
     check_int,
@@ -180,7 +181,7 @@ class RolloutBatch:
         n = self._check_offsets(n_tok, check_values)
         rw = check_tensor(_O, "reward", self.reward, shape=(n,), kind="float",
                           expected=f"[{n}] (one per rollout)")
-        if check_values and self.nonfinite_reward == "error" and n and not bool(torch.isfinite(rw).all()):
+        if check_values and self.nonfinite_reward == "error" and n and not all_finite(rw):
             i = int(torch.nonzero(~torch.isfinite(rw))[0])
             fail(_O, "reward", f"{rw[i].item()} (NaN or inf) at rollout {i}",
                  "finite rewards (or nonfinite_reward='zero' | 'group_min')")
@@ -266,7 +267,7 @@ class RolloutBatch:
                 fail(_O, name, f"dtype {v.dtype}", "a numeric dtype")
             if check_values and v.numel():
                 vf = v.to(torch.float32)
-                if not bool(torch.isfinite(vf).all()) or bool((vf < 0).any()):
+                if not all_finite(vf) or bool((vf < 0).any()):
                     fail(_O, name, "a negative or non-finite value", "finite values >= 0")
         if self.clip_ratio is not None and check_values and bool((self.clip_ratio > 1).any()):
             fail(_O, "clip_ratio", "a value above 1", "a fraction in [0, 1]")

