@@ -224,6 +224,17 @@ class MLP(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.hidden(x)[3] @ self.w3 + self.b3
 
+    def hidden_bound(self, max_abs_x: float) -> float:
+        """An upper bound on |z1|, |h1|, |z2| and |phi| for inputs with |x| <= max_abs_x (each
+        layer: max_j sum_i |W_ij| times the bound before, plus max |b|; |relu(z)|, |gelu(z)| <=
+        |z|), in float64: when it is far below float32's range no feature can overflow, and the
+        forward pass that would check it can be skipped."""
+        with torch.no_grad():
+            bound = max_abs_x
+            for w, b in ((self.w1, self.b1), (self.w2, self.b2)):
+                bound = bound * float(w.double().abs().sum(0).max()) + float(b.double().abs().max())
+        return bound
+
     def mse_gradients(self, x: torch.Tensor, y: torch.Tensor,
                       out: tuple[torch.Tensor, ...] | None = None) -> tuple[torch.Tensor, ...]:
         """d mean((f(x) - y)^2) / d (w1, b1, w2, b2, w3, b3), written out: a training step's

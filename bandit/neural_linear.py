@@ -43,7 +43,8 @@ from rollout_bandits.bandit.linucb import LinearStats
 from rollout_bandits.validation import all_finite
 
 HEADS = ("auto", "full", "linear")
-MIN_HELD_OUT = 30  # held-out pairs before the paired test may choose phi (its normal approximation)
+MIN_HELD_OUT = 30
+FLOAT32_SAFE = 1e30  # a bound on the head features below this: none overflows float32 (3.4e38)  # held-out pairs before the paired test may choose phi (its normal approximation)
 
 
 @dataclass
@@ -123,7 +124,10 @@ class NeuralLinear(OnlineLearner):
         return mean + bonus, mean, bonus
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_finite(self.head_features(self.standardize(x), dtype=torch.float32), "last-layer feature")
+        xs = self.standardize(x)
+        lo, hi = torch.aminmax(xs)
+        if not float(self.mlp.hidden_bound(max(-float(lo), float(hi)))) < FLOAT32_SAFE:  # (NaN: check)
+            self._check_finite(self.head_features(xs, dtype=torch.float32), "last-layer feature")
         held = torch.rand(x.shape[0], generator=self.generator) < self.config.holdout
         return held.float()
 

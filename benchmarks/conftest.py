@@ -80,8 +80,10 @@ def pytest_sessionfinish(session, exitstatus):
         tr.write_line(f"\nbenchmark results written to {path}")
         for r in records:
             if suite == "learners":
+                ratio = r.get("ratio_to_neural_ucb_round")
                 tr.write_line(f"  {r['impl']:14s} {r['what']:8s} {r['median_ms']:8.2f} ms "
-                              f"(p20 {r['p20_ms']:.2f}, p80 {r['p80_ms']:.2f})")
+                              f"(p20 {r['p20_ms']:.2f}, p80 {r['p80_ms']:.2f})"
+                              + (f"  x{ratio['median']:.2f} NeuralUCB's round" if ratio else ""))
                 continue
             tr.write_line(
                 f"  {r['impl']:9s} N={r['N']:>7d} L={r['mean_len']:>5d}  {r['median_ms']:9.2f} ms  "

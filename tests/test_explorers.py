@@ -304,3 +304,32 @@ def test_flat_adam_is_torch_adam_with_l2_and_resumes_exactly():
     assert opt.flat.data_ptr() == ours.w1.data_ptr()
     with pytest.raises(ValueError, match="FlatAdam"):
         opt.load_state_dict(ref_opt.state_dict())
+
+
+def test_hidden_bound_holds_and_neural_linear_still_refuses_overflowing_features():
+    """neural-linear skips the float32 forward that checks new contexts when MLP.hidden_bound is
+    far below float32's range: the bound must hold (|z1|, |h1|, |z2|, |phi| under it) for both
+    activations, and contexts whose head features do overflow are still refused, unchanged state."""
+    from rollout_bandits.validation import all_finite
+
+    g = torch.Generator().manual_seed(5)
+    for act in ("relu", "gelu"):
+        mlp = NeuralLinear(NeuralLinearConfig(hidden=8, activation=act, seed=1)).mlp
+        for scale in (1e-3, 1.0, 1e3, 1e12):
+            x = torch.randn(200, 15, generator=g, dtype=torch.float64) * scale
+            x[0] = scale * torch.sign(mlp.w1.detach().double().sum(1))  # a row near the worst case
+            with torch.no_grad():
+                z = mlp.hidden(x.float())
+            bound = mlp.hidden_bound(float(x.abs().max()))
+            assert max(float(t.abs().max()) for t in z) <= bound * (1 + 1e-5), (act, scale)
+    nl = NeuralLinear(NeuralLinearConfig(hidden=8))
+    base = _contexts(64)
+    nl.update_feature_stats(base)
+    nl.observe(base, _target(base))
+    before = roundtrip(nl.state_dict())
+    wild = base[:4].clone()
+    wild[1, 3] = 3e38  # finite, far outside what the statistics saw: features overflow float32
+    with pytest.raises(ValueError, match="overflows after standardization"):
+        nl.observe(wild, torch.zeros(4))
+    assert states_equal(before, nl.state_dict()) == []
+    assert all_finite(nl.head_features(nl.standardize(base), dtype=torch.float32))
