@@ -5,6 +5,7 @@ neural-linear and EE-Net)."""
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 
@@ -446,6 +447,13 @@ class Explorer:
                  "contexts within the range of those seen so far by a factor float32 can hold")
 
     # -------------------------------------------------------------- checkpoints
+    def __deepcopy__(self, memo: dict):
+        """A learner rebuilt from its state: a plain deepcopy would give the copied MLP's
+        parameters and its optimizer's flat buffer separate storages (no longer views of it)."""
+        new = type(self)(copy.deepcopy(self.config, memo))
+        new.load_state_dict(self.state_dict())
+        return new
+
     def _modules(self) -> dict[str, torch.nn.Module]:
         return {}
 

@@ -44,6 +44,7 @@ from rollout_bandits.validation import all_finite
 
 HEADS = ("auto", "full", "linear")
 MIN_HELD_OUT = 30
+SCORE_BLOCK = 512  # rows scored at a time (see _score)
 FLOAT32_SAFE = 1e30  # a bound on the head features below this: none overflows float32 (3.4e38)  # held-out pairs before the paired test may choose phi (its normal approximation)
 
 
@@ -117,10 +118,16 @@ class NeuralLinear(OnlineLearner):
     def _score(self, x: torch.Tensor, backend: str):
         theta, a_inv, _ = self.head()
         ly, sy = self._label_scale()
-        f = self.head_features(self.standardize(x))
-        mean = f @ theta * sy + ly
-        bonus = self.config.gamma * sy * ((f @ a_inv) * f).sum(1).clamp_min(0.0).sqrt()
-        mean, bonus = mean.float().to(x.device), bonus.float().to(x.device)
+        mean = torch.empty(x.shape[0], dtype=torch.float64)
+        quad = torch.empty(x.shape[0], dtype=torch.float64)
+        # In row blocks: the float64 temporaries of thousands of rows at once (megabytes) were
+        # returned to the OS and faulted back in on every call (3-5 ms of system time a round).
+        for lo in range(0, x.shape[0], SCORE_BLOCK):
+            f = self.head_features(self.standardize(x[lo:lo + SCORE_BLOCK]))
+            torch.mv(f, theta, out=mean[lo:lo + SCORE_BLOCK])
+            torch.sum((f @ a_inv).mul_(f), 1, out=quad[lo:lo + SCORE_BLOCK])
+        mean = (mean * sy + ly).float().to(x.device)
+        bonus = (self.config.gamma * sy * quad.clamp_min_(0.0).sqrt_()).float().to(x.device)
         return mean + bonus, mean, bonus
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
@@ -146,10 +153,16 @@ class NeuralLinear(OnlineLearner):
         cfg = self.config
         n = self.replay.size
         ly, sy = self._label_scale()
-        f = self.head_features(self.standardize(self.replay.x[:n]), dtype=torch.float32)
         y = (self.replay.y[:n] - ly) / sy
-        gram = (f.T @ f).double()  # float32 products (4x faster here), float64 from the sums on
-        fy = (f.T @ y).double()
+        held = self.replay.extra["holdout"][:n, 0] > 0
+        gram = torch.zeros(self.head_dim, self.head_dim, dtype=torch.float64)
+        fy = torch.zeros(self.head_dim, dtype=torch.float64)
+        f_held = [torch.zeros(0, self.head_dim)]
+        for lo in range(0, n, SCORE_BLOCK):  # in row blocks, as _score
+            f = self.head_features(self.standardize(self.replay.x[lo:min(lo + SCORE_BLOCK, n)]), dtype=torch.float32)
+            gram += (f.T @ f).double()  # float32 products (4x faster here), float64 from the sums on
+            fy += (f.T @ y[lo:lo + SCORE_BLOCK]).double()
+            f_held.append(f[held[lo:lo + SCORE_BLOCK]])
         lin = slice(cfg.hidden, self.head_dim)
         # Pairs evicted from the replay still inform the [z, 1] block (their phi is gone).
         g_old, zy_old = self.evicted.standardized(*self._feature_scale(), ly, sy)
@@ -159,8 +172,7 @@ class NeuralLinear(OnlineLearner):
         linear = _ridge(gram[lin, lin], fy[lin], cfg.ridge) if cfg.head != "full" else None
         use_full = full is not None
         if full is not None and linear is not None:
-            held = self.replay.extra["holdout"][:n, 0] > 0
-            fh, yh = f[held].double(), y[held].double()
+            fh, yh = torch.cat(f_held).double(), y[held].double()
             gain = _loo_sq(fh[:, lin], yh, *linear) - _loo_sq(fh, yh, *full)  # per held-out pair
             use_full = gain.numel() >= MIN_HELD_OUT and \
                 float(gain.mean()) > cfg.margin * float(gain.std()) / gain.numel() ** 0.5

@@ -256,6 +256,32 @@ def test_state_dict_resumes_with_identical_decisions(name):
 
 
 @pytest.mark.parametrize("name", list(EXPLORERS))
+def test_a_deepcopy_is_an_independent_learner_with_the_same_decisions(name):
+    """copy.deepcopy rebuilds from the state: the copy's optimizer still moves the copy's MLP
+    (a plain deepcopy would split parameters from the optimizer's flat buffer), the original
+    does not move with it, and both decide alike on the same data."""
+    import copy
+
+    a = EXPLORERS[name](replay_capacity=48) if name != "linucb" else EXPLORERS[name]()
+    x = _contexts(40, seed=0)
+    a.update_feature_stats(x)
+    a.observe(x[:20], _target(x[:20], 0.1))
+    b = copy.deepcopy(a)
+    before = roundtrip(a.state_dict())
+    for t in range(1, 3):
+        x = _contexts(40, seed=t)
+        b.update_feature_stats(x)
+        b.observe(x[:20], _target(x[:20], 0.1, seed=t))
+    assert states_equal(before, a.state_dict()) == []
+    assert states_equal(before, b.state_dict()) != []
+    for t in range(1, 3):
+        x = _contexts(40, seed=t)
+        a.update_feature_stats(x)
+        a.observe(x[:20], _target(x[:20], 0.1, seed=t))
+    assert states_equal(a.state_dict(), b.state_dict()) == []
+
+
+@pytest.mark.parametrize("name", list(EXPLORERS))
 def test_every_explorer_learns_a_gain_it_can_represent(name):
     """Passive learning from 2,048 noisy pairs, 8 an observe: the predicted mean ranks fresh
     contexts (training in proportion to the data: 2 passes, 512 Adam steps in all)."""
