@@ -312,6 +312,7 @@ class FlatAdam:
         self.exp_avg = torch.zeros_like(self.flat)
         self.exp_avg_sq = torch.zeros_like(self.flat)
         self._step = torch.zeros((), dtype=torch.float32)  # the fused kernel's step count
+        self._one = torch.ones((), dtype=torch.float32)  # (adding a tensor: a Python 1.0 costs 3x more)
 
     @property
     def steps(self) -> int:
@@ -322,7 +323,7 @@ class FlatAdam:
         None (or `self.grads`): they were written into `self.grads`."""
         if grads is not None and grads is not self.grads:
             torch.cat([t.reshape(-1) for t in grads], out=self.grad)
-        self._step.add_(1.0)
+        self._step.add_(self._one)
         torch._fused_adam_([self.flat], [self.grad], [self.exp_avg], [self.exp_avg_sq], [], [self._step],
                            lr=self.lr, beta1=self.betas[0], beta2=self.betas[1],
                            weight_decay=self.weight_decay, eps=self.eps, amsgrad=False, maximize=False)

@@ -108,6 +108,9 @@ class PooledGradient:
         return out
 
 
+GRAD_BLOCK = 1024  # rows of gradient features computed at a time (see gradient_features)
+
+
 class EENet(OnlineLearner):
     """Same scorer interface as NeuralUCB; scores with `score` (no kernel)."""
 
@@ -139,16 +142,24 @@ class EENet(OnlineLearner):
         return {"optimizer": self.optimizer, "explore_optimizer": self.explore_optimizer}
 
     def gradient_features(self, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(f1(xs), grad_theta f1(xs) average-pooled to grad_width, unit RMS per row), xs standardized."""
+        """(f1(xs), grad_theta f1(xs) average-pooled to grad_width, unit RMS per row), xs
+        standardized. In row blocks of GRAD_BLOCK: each block's dozen intermediates stay in
+        the core's cache (all rows at once they spilled it, about 3x slower)."""
         m, act = self.mlp, self.config.activation
+        n = xs.shape[0]
+        f = torch.empty(n)
+        g = torch.empty(n, self.config.grad_width)
         with torch.no_grad():
-            z1, h1, z2, phi = m.hidden(xs)
-            f = phi @ m.w3 + m.b3
-            d2 = act_backward(m.w3.expand_as(z2), z2, act)  # df/dz2 [N, H]
-            d1 = act_backward(d2 @ m.w2.T, z1, act)  # df/dz1 [N, H]
-            pooled = self.pooling([(xs, d1), (h1, d2), (None, phi)])  # the biases' 1s implicit
-            rms = pooled.pow(2).mean(1, keepdim=True).sqrt().clamp_min(1e-12)
-        return f, pooled / rms
+            for lo in range(0, n, GRAD_BLOCK):
+                xb = xs[lo:lo + GRAD_BLOCK]
+                z1, h1, z2, phi = m.hidden(xb)
+                torch.addmv(m.b3, phi, m.w3, out=f[lo:lo + GRAD_BLOCK])
+                d2 = act_backward(m.w3.expand_as(z2), z2, act)  # df/dz2 [B, H]
+                d1 = act_backward(d2 @ m.w2.T, z1, act)  # df/dz1 [B, H]
+                pooled = self.pooling([(xb, d1), (h1, d2), (None, phi)])  # the biases' 1s implicit
+                rms = torch.linalg.vector_norm(pooled, dim=1, keepdim=True).div_(pooled.shape[1] ** 0.5)
+                torch.div(pooled, rms.clamp_min_(1e-12), out=g[lo:lo + GRAD_BLOCK])
+        return f, g
 
     def _score(self, x: torch.Tensor, backend: str):
         ly, sy = self._label_scale()
@@ -178,23 +189,23 @@ class EENet(OnlineLearner):
         """d mean((f2(g) - r)^2) / d f2's (weight, bias, weight, bias), written out like the MLP's
         (into `out` when given; intermediates in buffers kept per batch size)."""
         lin1, lin2 = self.explore[0], self.explore[2]
+        w1, b1, w2, b2 = lin1.weight.detach(), lin1.bias.detach(), lin2.weight.detach()[0], lin2.bias.detach()
         n = g.shape[0]
         if out is None:
             out = tuple(torch.empty_like(p) for p in self.explore.parameters())
         work = self._explore_work.get(n)
         if work is None:
-            work = self._explore_work[n] = (torch.empty(n, lin1.out_features), torch.empty(n, lin1.out_features),
-                                            torch.empty(n, lin1.out_features), torch.empty(n))
-        z, h, t, e = work
+            work = self._explore_work[n] = (*(torch.empty(n, lin1.out_features) for _ in range(4)), torch.empty(n))
+        z, h, t, dz, e = work
         g_w1, g_b1, g_w2, g_b2 = out
         with torch.no_grad():
-            torch.addmm(lin1.bias, g, lin1.weight.T, out=z)
+            torch.addmm(b1, g, w1.T, out=z)
             torch.clamp_min(z, 0.0, out=h)
-            torch.addmv(r, h, lin2.weight[0], beta=-2.0 / n, alpha=2.0 / n, out=e).add_(lin2.bias, alpha=2.0 / n)
-            torch.outer(e, lin2.weight[0], out=t)
-            act_backward(t, z, "relu", out=t)  # dL/dz (in place: each entry reads only itself)
-            torch.mm(t.T, g, out=g_w1)
-            torch.sum(t, 0, out=g_b1)
+            torch.addmv(r, h, w2, beta=-2.0 / n, alpha=2.0 / n, out=e).add_(b2, alpha=2.0 / n)
+            torch.outer(e, w2, out=t)
+            act_backward(t, z, "relu", out=dz)  # dL/dz [B, H]
+            torch.mm(dz.T, g, out=g_w1)
+            torch.sum(dz, 0, out=g_b1)
             torch.mv(h.T, e, out=g_w2[0])
             torch.sum(e, 0, keepdim=True, out=g_b2)
         return out
