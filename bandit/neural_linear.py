@@ -43,9 +43,9 @@ from rollout_bandits.bandit.linucb import LinearStats
 from rollout_bandits.validation import all_finite
 
 HEADS = ("auto", "full", "linear")
-MIN_HELD_OUT = 30
+MIN_HELD_OUT = 30  # held-out pairs before the paired test may choose phi (its normal approximation)
 SCORE_BLOCK = 512  # rows scored at a time (see _score)
-FLOAT32_SAFE = 1e30  # a bound on the head features below this: none overflows float32 (3.4e38)  # held-out pairs before the paired test may choose phi (its normal approximation)
+FLOAT32_SAFE = 1e30  # a bound on the head features below this: none overflows float32 (3.4e38)
 
 
 @dataclass
@@ -133,7 +133,7 @@ class NeuralLinear(OnlineLearner):
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         xs = self.standardize(x)
         lo, hi = torch.aminmax(xs)
-        if not float(self.mlp.hidden_bound(max(-float(lo), float(hi)))) < FLOAT32_SAFE:  # (NaN: check)
+        if not self.mlp.hidden_bound(max(-float(lo), float(hi))) < FLOAT32_SAFE:  # (NaN: check)
             self._check_finite(self.head_features(xs, dtype=torch.float32), "last-layer feature")
         held = torch.rand(x.shape[0], generator=self.generator) < self.config.holdout
         return held.float()
@@ -142,8 +142,8 @@ class NeuralLinear(OnlineLearner):
         r = self.replay
         over = max(0, x.shape[0] - r.capacity)  # new pairs that never fit
         old = r.oldest(min(r.size, max(0, r.size + x.shape[0] - r.capacity)))
-        self.evicted.add(torch.cat([r.x.index_select(0, old), x[:over]]), torch.cat([r.y.index_select(0, old), gains[:over]]),
-                         self.feature_stats.mean)
+        self.evicted.add(torch.cat([r.x.index_select(0, old), x[:over]]),
+                         torch.cat([r.y.index_select(0, old), gains[:over]]), self.feature_stats.mean)
         r.add(x, gains, holdout=prepared[:, None])
         self._train(x.shape[0])
 
